@@ -1,0 +1,3 @@
+from cifar_cli.cli import main
+
+main()

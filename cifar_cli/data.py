@@ -1,0 +1,170 @@
+"""CIFAR-10 on disk: where it lives, how it is fetched, and how its batches become uint8 arrays.
+
+This module holds the dataset's facts (class names, normalisation constants) once, for everyone.
+It never knows the network.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cifar_cli.errors import CifarError
+
+CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+# Per-channel statistics of the 50,000 training images, as fractions of 255.
+MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+STD: tuple[float, float, float] = (0.247, 0.243, 0.261)
+
+FOLDER = "cifar-10-batches-py"  # torchvision's name for the extracted "python version"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCHES = ("test_batch",)
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def default_data_dir() -> Path:
+    """A per-user cache folder: $CIFAR_DATA_DIR, else $XDG_CACHE_HOME/cifar-cli, else ~/.cache/cifar-cli."""
+    if env := os.environ.get("CIFAR_DATA_DIR"):
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "cifar-cli"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images as uint8 N x 32 x 32 x 3 (HWC, RGB) and labels as int64 N."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# The batches are Python pickles, and a pickle can run any code it names. The real files only name
+# numpy's array reconstruction, so nothing else is allowed in.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol 2 stores bytes when written from Python 3
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise _Refused(f"refusing to load {module}.{name}, which a CIFAR-10 batch never contains")
+        return super().find_class(module, name)
+
+
+def _read_pickle(path: Path) -> object:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CifarError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except _Refused as e:
+        raise CifarError(f"{path} is not a CIFAR-10 batch: {e}") from None
+    except Exception as e:  # truncated or garbled files raise all sorts of things
+        raise CifarError(f"{path} is corrupt ({type(e).__name__}: {e})") from None
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    batch = _read_pickle(path)
+    if not isinstance(batch, dict):
+        raise CifarError(f"{path} is not a CIFAR-10 batch (expected a dict, found {type(batch).__name__})")
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise CifarError(f"{path} is corrupt: 'data' should be uint8 N x 3072, found {found}")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise CifarError(f"{path} is corrupt: 'labels' is not a list of integers") from None
+    if labels.shape != (len(data),):
+        raise CifarError(f"{path} is corrupt: {len(data)} images but {labels.size} labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise CifarError(f"{path} is corrupt: labels outside 0..{len(CLASSES) - 1}")
+    # Stored channel-major (R plane, G plane, B plane); the augmentation library wants HWC.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def dataset_folder(data_dir: Path) -> Path:
+    return Path(data_dir).expanduser() / FOLDER
+
+
+def download(data_dir: Path) -> None:
+    """Fetch and extract the official archive with torchvision, which checks its md5."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(CIFAR10.url, str(data_dir), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+    except Exception as e:  # no network, a proxy page, a bad checksum, a full disk
+        raise CifarError(f"could not download CIFAR-10 into {data_dir}: {e}") from None
+
+
+def load_split(data_dir: Path, train: bool, download_missing: bool = False) -> Split:
+    """Read the training (50,000) or test split from `data_dir`/cifar-10-batches-py."""
+    folder = dataset_folder(data_dir)
+    names = TRAIN_BATCHES if train else TEST_BATCHES
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing and download_missing:
+        download(Path(data_dir).expanduser())
+        missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise CifarError(
+            f"CIFAR-10 not found: {folder / missing[0]} is missing; pass --download to fetch it, "
+            "or --data-dir for the folder that holds cifar-10-batches-py"
+        )
+    parts = [_read_batch(folder / n) for n in names]
+    return Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+class AugmentedDataset(Dataset):
+    """Uint8 images run through an image -> tensor transform, one item at a time (what DataLoader wants)."""
+
+    def __init__(self, split: Split, transform: Callable[[np.ndarray], torch.Tensor]):
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.split.images[index]), int(self.split.labels[index])
+
+
+def load_image(path: Path, size: int = 32) -> np.ndarray:
+    """Any picture file as uint8 size x size x 3 RGB, resized the way CIFAR-10 images were made."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB").resize((size, size), Image.BICUBIC)
+    except FileNotFoundError:
+        raise CifarError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise CifarError(f"cannot read image {path}: {e}") from None
+    return np.asarray(rgb, dtype=np.uint8)
