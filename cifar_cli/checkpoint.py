@@ -1,0 +1,220 @@
+"""Checkpoints: weights in safetensors, and in its metadata everything needed to rebuild and judge them.
+
+Tensors are named `model.<param>` and, in resumable checkpoints, `optimizer.<index>.<key>`. Metadata
+(strings only, per the format) holds JSON: the model config, epoch, metrics, normalisation constants,
+class names, package version and, for resuming, the optimizer/scheduler/run state.
+Writes are atomic: a temp file in the same folder, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+from torch import nn
+
+from cifar_cli import __version__
+from cifar_cli.data import CLASSES, MEAN, STD
+from cifar_cli.errors import CifarError
+from cifar_cli.models import CifarNet, NetConfig, build_model
+
+FORMAT = "cifar-cli/1"
+
+
+@dataclass
+class Checkpoint:
+    config: NetConfig
+    model_state: dict[str, torch.Tensor]
+    epoch: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] = CLASSES
+    mean: tuple[float, ...] = MEAN
+    std: tuple[float, ...] = STD
+    version: str = __version__
+    # Only in resumable checkpoints: optimizer state tensors and the JSON-able rest of the run's state.
+    optimizer_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    train_state: dict[str, Any] | None = None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the new one, never half of either."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved result should read like any file
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the file itself is safe
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in ckpt.model_state.items()}
+    tensors.update({f"optimizer.{k}": v.detach().cpu().contiguous() for k, v in ckpt.optimizer_tensors.items()})
+    metadata = {
+        "format": FORMAT,
+        "model_config": json.dumps(ckpt.config.to_dict()),
+        "epoch": str(ckpt.epoch),
+        "metrics": json.dumps(ckpt.metrics),
+        "classes": json.dumps(list(ckpt.classes)),
+        "normalization": json.dumps({"mean": list(ckpt.mean), "std": list(ckpt.std)}),
+        "version": ckpt.version,
+    }
+    if ckpt.train_state is not None:
+        metadata["train_state"] = json.dumps(ckpt.train_state)
+    try:
+        write_atomic(Path(path), save_bytes(tensors, metadata=metadata))
+    except OSError as e:
+        raise CifarError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+
+
+def _json_field(metadata: dict[str, str], key: str, path: Path) -> Any:
+    if key not in metadata:
+        raise CifarError(f"{path} is not a complete cifar-cli checkpoint: metadata has no {key!r}")
+    try:
+        return json.loads(metadata[key])
+    except (TypeError, ValueError):
+        raise CifarError(f"{path} is corrupt: metadata {key!r} is not valid JSON") from None
+
+
+def _read_metadata(raw: bytes, path: Path) -> dict[str, str]:
+    """Parse the safetensors header: 8-byte little-endian length, then a JSON object."""
+    if len(raw) < 8:
+        raise CifarError(f"{path} is not a safetensors checkpoint (only {len(raw)} bytes)")
+    n = int.from_bytes(raw[:8], "little")
+    if n > len(raw) - 8:
+        raise CifarError(f"{path} is truncated or not a safetensors file (header says {n} bytes)")
+    try:
+        header = json.loads(raw[8:8 + n])
+    except (UnicodeDecodeError, ValueError):
+        raise CifarError(f"{path} is not a safetensors file (its header is not JSON)") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read and validate a checkpoint; any problem becomes a CifarError with a one-line reason."""
+    path = Path(path)
+    if path.suffix in {".pt", ".pth"}:
+        raise CifarError(f"{path} is a PyTorch pickle; cifar-cli reads only .safetensors checkpoints")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CifarError(f"checkpoint not found: {path}") from None
+    except OSError as e:
+        raise CifarError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+
+    metadata = _read_metadata(raw, path)
+    if metadata.get("format") != FORMAT:
+        raise CifarError(f"{path} is not a cifar-cli checkpoint (metadata format is {metadata.get('format')!r},"
+                         f" expected {FORMAT!r})")
+    try:
+        tensors = load_bytes(raw)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
+        raise CifarError(f"{path} is corrupt: {e}") from None
+
+    try:
+        config = NetConfig.from_dict(_json_field(metadata, "model_config", path))
+    except ValueError as e:
+        raise CifarError(f"{path} is for another architecture: {e}") from None
+    try:
+        epoch = int(metadata.get("epoch", "0"))
+    except ValueError:
+        raise CifarError(f"{path} is corrupt: epoch {metadata.get('epoch')!r} is not a number") from None
+    metrics = _json_field(metadata, "metrics", path)
+    classes = _json_field(metadata, "classes", path)
+    norm = _json_field(metadata, "normalization", path)
+    if not (isinstance(classes, list) and len(classes) == config.num_classes
+            and all(isinstance(c, str) for c in classes)):
+        raise CifarError(f"{path} is corrupt: class names do not match its {config.num_classes} classes")
+    try:
+        mean, std = tuple(float(x) for x in norm["mean"]), tuple(float(x) for x in norm["std"])
+    except (KeyError, TypeError, ValueError):
+        mean = std = ()
+    if len(mean) != 3 or len(std) != 3:
+        raise CifarError(f"{path} is corrupt: normalization must hold three means and three stds")
+    train_state = _json_field(metadata, "train_state", path) if "train_state" in metadata else None
+    return Checkpoint(
+        config=config,
+        model_state={k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+        epoch=epoch,
+        metrics=metrics if isinstance(metrics, dict) else {},
+        classes=tuple(classes),
+        mean=mean,
+        std=std,
+        version=str(metadata.get("version", "?")),
+        optimizer_tensors={k[len("optimizer."):]: v for k, v in tensors.items() if k.startswith("optimizer.")},
+        train_state=train_state if isinstance(train_state, dict) else None,
+    )
+
+
+def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint") -> CifarNet:
+    """Build the network the checkpoint describes and load its weights, refusing any mismatch."""
+    model = build_model(ckpt.config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(ckpt.model_state))
+    unexpected = sorted(set(ckpt.model_state) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise CifarError(f"{path} does not match the {ckpt.config.arch} architecture ({what})")
+    for name, want in expected.items():
+        got = ckpt.model_state[name]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise CifarError(f"{path} does not match the {ckpt.config.arch} architecture: {name} is "
+                             f"{got.dtype} {tuple(got.shape)}, expected {want.dtype} {tuple(want.shape)}")
+    model.load_state_dict(ckpt.model_state)
+    return model
+
+
+def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer's state_dict into tensors (for safetensors) and JSON (for metadata)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in [*tensors.items(), *meta.get("scalars", {}).items()]:
+        index, key = flat.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights to save: unwraps DataParallel/compiled wrappers so names stay plain."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner)
+    return inner.state_dict()
