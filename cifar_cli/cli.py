@@ -1,0 +1,301 @@
+"""The `cifar` command: parses options, calls the core modules, prints what they return."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cifar_cli import __version__
+from cifar_cli.errors import CifarError
+
+app = typer.Typer(
+    name="cifar",
+    help="Train, inspect and evaluate small convolutional networks on CIFAR-10.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+# Options shared by several commands, declared once.
+DataDir = Annotated[Path | None, typer.Option(
+    "--data-dir", help="Folder that contains cifar-10-batches-py (default: $CIFAR_DATA_DIR or ~/.cache/cifar-cli).",
+    file_okay=False, show_default=False)]
+Download = Annotated[bool, typer.Option("--download/--no-download", help="Fetch CIFAR-10 (md5-checked) if missing.")]
+
+
+class DeviceName(str, Enum):
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+    mps = "mps"
+
+
+Device = Annotated[DeviceName, typer.Option("--device", help="Where to run: auto picks CUDA, then MPS, then CPU.")]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="Data loader worker processes.")]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (results are reproducible on CPU).")]
+
+
+def _fails_cleanly(command: Callable) -> Callable:
+    """A CifarError (bad input) becomes one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except CifarError as e:
+            err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _data_dir(data_dir: Path | None) -> Path:
+    from cifar_cli.data import default_data_dir
+
+    return data_dir if data_dir is not None else default_data_dir()
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"cifar-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Train, inspect and evaluate small convolutional networks on CIFAR-10."""
+
+
+@app.command()
+@_fails_cleanly
+def summary(as_json: Json = False) -> None:
+    """Layers, output shapes and parameter counts of the network, and a check of the design rules."""
+    from cifar_cli.models import NetConfig, build_model
+    from cifar_cli.report import layer_summary, rules_table
+    from cifar_cli.rules import check_rules, count_parameters
+
+    model = build_model()
+    rules = check_rules(model)
+    table, layers = layer_summary(model)
+    passed = all(r.passed for r in rules)
+    if as_json:
+        _print_json({"config": NetConfig().to_dict(), "parameters": count_parameters(model), "layers": layers,
+                     "rules": [asdict(r) for r in rules], "passed": passed})
+    else:
+        out.print(table, soft_wrap=True)
+        out.print(rules_table(rules))
+        out.print("[green]All rules pass.[/]" if passed else "[bold red]Some rules fail.[/]")
+    if not passed:
+        raise typer.Exit(1)
+
+
+@app.command("receptive-field")
+@_fails_cleanly
+def receptive_field_command(as_json: Json = False) -> None:
+    """Receptive field layer by layer, computed by walking the network's real modules."""
+    from cifar_cli.models import build_model
+    from cifar_cli.receptive_field import receptive_field
+    from cifar_cli.report import receptive_field_table
+
+    rows = receptive_field(build_model())
+    total = rows[-1].rf if rows else 1
+    if as_json:
+        _print_json({"layers": [asdict(r) for r in rows], "total": total})
+    else:
+        out.print(receptive_field_table(rows))
+        out.print(f"Total receptive field: [bold]{total}[/] pixels (of a 32x32 image)")
+
+
+@app.command("augment-preview")
+@_fails_cleanly
+def augment_preview(
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)] = Path(
+        "augment-preview.png"),
+    count: Annotated[int, typer.Option("--count", "-n", min=1, max=64, help="Training images, one row each.")] = 8,
+    views: Annotated[int, typer.Option("--views", "-k", min=1, max=32, help="Augmented views of each.")] = 6,
+    image: Annotated[list[Path] | None, typer.Option(
+        "--image", help="Use this picture instead of the dataset (repeatable).", dir_okay=False)] = None,
+    seed: Seed = 0,
+    data_dir: DataDir = None,
+    download: Download = False,
+    as_json: Json = False,
+) -> None:
+    """A PNG grid of real images and what the training pipeline makes of them."""
+    import numpy as np
+
+    from cifar_cli.augment import describe, preview, train_pipeline
+    from cifar_cli.data import CLASSES, load_image, load_split
+    from cifar_cli.report import write_image_grid
+
+    if image:
+        images = np.stack([load_image(p) for p in image])
+        labels = [p.name for p in image]
+    else:
+        split = load_split(_data_dir(data_dir), train=True, download_missing=download)
+        pick = np.random.default_rng(seed).choice(len(split), size=min(count, len(split)), replace=False)
+        images, labels = split.images[pick], [CLASSES[i] for i in split.labels[pick]]
+    write_image_grid(preview(images, labels, views, seed), out_file)
+    pipeline = describe(train_pipeline())
+    if as_json:
+        _print_json({"out": str(out_file), "images": labels, "views": views, "seed": seed, "pipeline": pipeline})
+    else:
+        out.print("[bold]Training pipeline[/]")
+        for line in pipeline:
+            out.print(f"  {line}", soft_wrap=True)
+        out.print(f"Wrote {len(labels)} images x {views} views to [bold]{out_file}[/]")
+
+
+class _RichTrainObserver:
+    """Draws the engine's progress: a live bar per epoch, then one summary line."""
+
+    def __init__(self, console: Console):
+        from cifar_cli.report import epoch_line
+
+        self.console, self.epoch_line = console, epoch_line
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self.task = None
+        self.epochs = 0
+
+    def __enter__(self) -> _RichTrainObserver:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epochs = epochs
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, stats="")
+
+    def step(self, step: int, loss: float, acc: float) -> None:
+        self.progress.update(self.task, completed=step, stats=f"loss {loss:.4f} acc {100 * acc:5.2f}%")
+
+    def epoch_end(self, record: Any) -> None:
+        self.progress.console.print(self.epoch_line(record, self.epochs), soft_wrap=True)
+
+
+@app.command()
+@_fails_cleanly
+def train(
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs to train [default: 40].",
+                                                  show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per step [default: 128].",
+                                                      show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate of the one-cycle schedule "
+                                                "[default: 0.1].", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed [default: 0]; same seed, same "
+                                                "result on CPU.", show_default=False)] = None,
+    device: Device = DeviceName.auto,
+    data_dir: DataDir = None,
+    download: Download = False,
+    workers: Workers = 0,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for checkpoints and history.json [default: runs/<date-time>, or the resumed "
+        "checkpoint's folder].", file_okay=False, show_default=False)] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="Continue the run saved in this last.safetensors.", dir_okay=False)] = None,
+    as_json: Json = False,
+) -> None:
+    """Train the network with live progress; saves last/best .safetensors checkpoints and history.json."""
+    from cifar_cli.checkpoint import load_checkpoint
+    from cifar_cli.data import load_split
+    from cifar_cli.engine import TrainSettings, resolve_device, settings_of
+    from cifar_cli.engine import train as run_training
+
+    checkpoint = load_checkpoint(resume) if resume else None
+    base = settings_of(checkpoint) if checkpoint else TrainSettings()
+    settings = TrainSettings(
+        epochs=base.epochs if epochs is None else epochs,
+        batch_size=base.batch_size if batch_size is None else batch_size,
+        lr=base.lr if lr is None else lr,
+        seed=base.seed if seed is None else seed,
+        momentum=base.momentum, weight_decay=base.weight_decay, label_smoothing=base.label_smoothing,
+    )
+    settings.validate()
+    torch_device = resolve_device(device.value)
+    if out_dir is None:
+        out_dir = resume.parent if resume else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    root = _data_dir(data_dir)
+    train_split = load_split(root, train=True, download_missing=download)
+    test_split = load_split(root, train=False, download_missing=download)
+
+    console = err if as_json else out
+    console.print(f"Training on [bold]{torch_device}[/]: {len(train_split):,} train / {len(test_split):,} test "
+                  f"images, {settings.epochs} epochs, batch {settings.batch_size}, lr {settings.lr}, "
+                  f"seed {settings.seed} -> {out_dir}" + (f" (resuming {resume})" if resume else ""))
+    with _RichTrainObserver(console) as observer:
+        result = run_training(settings, train_split, test_split, out_dir, torch_device, workers=workers,
+                              resume=checkpoint, observer=observer)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        final = result.history[-1]
+        out.print(f"Done: final test accuracy [bold]{100 * final.test_acc:.2f}%[/], best "
+                  f"{100 * result.best_acc:.2f}% (epoch {result.best_epoch}). Checkpoints and history.json "
+                  f"in [bold]{out_dir}[/]")
+
+
+@app.command("eval")
+@_fails_cleanly
+def eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint written by cifar train.",
+                                               dir_okay=False, show_default=False)],
+    data_dir: DataDir = None,
+    download: Download = False,
+    device: Device = DeviceName.auto,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 512,
+    workers: Workers = 0,
+    as_json: Json = False,
+) -> None:
+    """Test loss, accuracy, per-class results and the confusion matrix of a checkpoint."""
+    from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
+    from cifar_cli.data import load_split
+    from cifar_cli.engine import evaluate, resolve_device
+    from cifar_cli.report import confusion_table, per_class_table
+
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, checkpoint)
+    torch_device = resolve_device(device.value)
+    split = load_split(_data_dir(data_dir), train=False, download_missing=download)
+    result = evaluate(model.to(torch_device), split, torch_device, batch_size=batch_size, workers=workers,
+                      classes=ckpt.classes, mean=ckpt.mean, std=ckpt.std)
+    if as_json:
+        _print_json({"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "images": len(split), **result.to_dict()})
+        return
+    out.print(Panel.fit(f"{checkpoint}  (epoch {ckpt.epoch}, cifar-cli {ckpt.version})\n"
+                        f"test images {len(split):,}   loss [bold]{result.loss:.4f}[/]   "
+                        f"accuracy [bold]{100 * result.accuracy:.2f}%[/]"))
+    out.print(per_class_table(result))
+    out.print(confusion_table(result))
+
+
+def main() -> None:
+    app(prog_name="cifar")

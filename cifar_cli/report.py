@@ -1,0 +1,129 @@
+"""How results look: rich tables for the terminal, PNG pictures, torchinfo's layer table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from rich.table import Table
+from torch import nn
+
+from cifar_cli.engine import EpochRecord, EvalResult
+from cifar_cli.errors import CifarError
+from cifar_cli.receptive_field import RFLayer
+from cifar_cli.rules import Rule
+
+
+def layer_summary(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> tuple[str, list[dict]]:
+    """torchinfo's table (as text) and the same layers as data."""
+    from torchinfo import summary
+
+    stats = summary(model, input_size=(1, *input_size), col_names=("output_size", "num_params", "kernel_size"),
+                    depth=16, verbose=0, row_settings=("var_names",), col_width=18, device="cpu")
+    layers = [
+        {"name": info.get_layer_name(show_var_name=True, show_depth=False), "type": info.class_name,
+         "depth": info.depth, "output_shape": list(info.output_size),
+         "params": info.num_params if info.is_leaf_layer else 0,
+         "kernel": _kernel(info.kernel_size)}
+        for info in stats.summary_list
+    ]
+    return str(stats), layers
+
+
+def _kernel(size: object) -> list[int] | None:
+    if not size:
+        return None
+    return [size, size] if isinstance(size, int) else list(size)
+
+
+def rules_table(rules: list[Rule]) -> Table:
+    table = Table(title="Design rules", title_justify="left")
+    table.add_column("rule")
+    table.add_column("result")
+    table.add_column("measured")
+    for r in rules:
+        table.add_row(r.name, "[green]pass[/]" if r.passed else "[bold red]FAIL[/]", r.figure)
+    return table
+
+
+def receptive_field_table(rows: list[RFLayer]) -> Table:
+    table = Table(title="Receptive field, layer by layer (input 32x32)", title_justify="left")
+    for col in ("layer", "kind", "kernel", "stride", "dilation", "padding", "jump", "RF", "out"):
+        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+    for r in rows:
+        table.add_row(r.name, r.kind, str(r.kernel), str(r.stride), str(r.dilation), str(r.padding),
+                      str(r.jump_in), str(r.rf), f"{r.out_size}x{r.out_size}")
+    return table
+
+
+def per_class_table(result: EvalResult) -> Table:
+    table = Table(title="Per class (accuracy = recall)", title_justify="left")
+    for col in ("class", "images", "correct", "accuracy", "precision"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for row in result.per_class:
+        table.add_row(row["class"], str(row["count"]), str(row["correct"]),
+                      f"{100 * row['accuracy']:.1f}%", f"{100 * row['precision']:.1f}%")
+    return table
+
+
+def confusion_table(result: EvalResult) -> Table:
+    table = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    table.add_column("true \\ predicted")
+    for j in range(len(result.classes)):  # numbered columns keep the matrix inside 80 columns
+        table.add_column(str(j), justify="right")
+    for i, row in enumerate(result.confusion):
+        cells = [f"[bold]{v}[/]" if j == i else (str(v) if v else "[dim]0[/]") for j, v in enumerate(row)]
+        table.add_row(f"{i} {result.classes[i]}", *cells)
+    return table
+
+
+def epoch_line(r: EpochRecord, epochs: int) -> str:
+    width = len(str(epochs))
+    return (f"epoch {r.epoch:>{width}}/{epochs}  train loss {r.train_loss:.4f} acc {100 * r.train_acc:5.2f}%  "
+            f"test loss {r.test_loss:.4f} acc {100 * r.test_acc:5.2f}%  lr {r.lr:.5f}  {r.seconds:.1f}s")
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        return ImageFont.load_default()
+
+
+def write_image_grid(rows: list[tuple[str, np.ndarray, list[np.ndarray]]], path: Path, scale: int = 4) -> None:
+    """One row per image: its label, the original, then its views; uint8 HWC images, upscaled crisply."""
+    if not rows:
+        raise CifarError("nothing to draw: no images")
+    h, w = rows[0][1].shape[:2]
+    cell_w, cell_h, pad, label_w, header = w * scale, h * scale, 6, 110, 22
+    columns = 1 + max(len(views) for _, _, views in rows)
+    canvas = Image.new("RGB", (label_w + columns * (cell_w + pad) + pad, header + len(rows) * (cell_h + pad) + pad),
+                       "white")
+    draw, font = ImageDraw.Draw(canvas), _font(13)
+    draw.text((label_w + pad, 4), "original", fill="black", font=font)
+    draw.text((label_w + 2 * pad + cell_w, 4), "augmented views (what train feeds the network)", fill="black",
+              font=font)
+    for r, (label, original, views) in enumerate(rows):
+        y = header + pad + r * (cell_h + pad)
+        draw.text((pad, y + cell_h // 2 - 8), label, fill="black", font=font)
+        for c, image in enumerate([original, *views]):
+            tile = Image.fromarray(image).resize((cell_w, cell_h), Image.NEAREST)
+            canvas.paste(tile, (label_w + pad + c * (cell_w + pad), y))
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(path, format="PNG")
+    except (OSError, ValueError) as e:
+        raise CifarError(f"cannot write {path}: {e}") from None
+
+
+def to_jsonable(value: Any) -> Any:
+    """Paths and tuples to plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
