@@ -1,0 +1,95 @@
+"""Shared fixtures: a small CIFAR-10 in torchvision's exact on-disk format, and the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cifar_cli.cli import app
+from cifar_cli.data import CLASSES, FOLDER
+
+# Each class gets its own colour and stripe direction, plus noise: learnable in a few epochs, like a
+# memorisable subset of the real thing, yet every image is different.
+_PALETTE = np.array([[230, 40, 40], [40, 200, 40], [40, 40, 230], [220, 220, 40], [220, 40, 220],
+                     [40, 220, 220], [250, 140, 20], [120, 60, 20], [150, 150, 150], [20, 20, 20]], np.float32)
+
+
+def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 N x 32 x 32 x 3 images whose content depends on the label."""
+    yy, xx = np.mgrid[0:32, 0:32]
+    images = []
+    for label in labels:
+        stripes = np.sin((xx * np.cos(label * 0.314) + yy * np.sin(label * 0.314)) * 0.8)[..., None]
+        image = _PALETTE[label] * (0.75 + 0.25 * stripes) + rng.normal(0, 25, (32, 32, 3))
+        images.append(np.clip(image, 0, 255).astype(np.uint8))
+    return np.stack(images)
+
+
+def write_batch(path: Path, images: np.ndarray, labels: np.ndarray, name: str) -> None:
+    """One batch file exactly as the official archive has it: a protocol-2 pickle, channel-major rows."""
+    batch = {
+        "batch_label": name,
+        "labels": [int(y) for y in labels],
+        "data": images.transpose(0, 3, 1, 2).reshape(len(images), 3072),
+        "filenames": [f"image_{i:05d}.png" for i in range(len(images))],
+    }
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def write_cifar(root: Path, per_batch: int = 60, test: int = 100, seed: int = 0) -> Path:
+    """Write root/cifar-10-batches-py with 5 training batches, a test batch and batches.meta."""
+    rng = np.random.default_rng(seed)
+    folder = root / FOLDER
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        labels = rng.permutation(np.arange(per_batch) % 10)
+        write_batch(folder / f"data_batch_{i}", make_images(labels, rng), labels, f"training batch {i} of 5")
+    labels = rng.permutation(np.arange(test) % 10)
+    write_batch(folder / "test_batch", make_images(labels, rng), labels, "testing batch 1 of 1")
+    meta = {"num_cases_per_batch": per_batch, "label_names": list(CLASSES), "num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 training and 100 test images; pass as --data-dir. Read-only by convention: copy to modify."""
+    return write_cifar(tmp_path_factory.mktemp("data"))
+
+
+class Result:
+    def __init__(self, exit_code: int, stdout: str, stderr: str, exception: BaseException | None):
+        self.exit_code, self.stdout, self.stderr, self.exception = exit_code, stdout, stderr, exception
+
+
+def cli(*args: str) -> Result:
+    """Run `cifar ARGS...` in-process, through the same Typer app as the console script."""
+    result = CliRunner().invoke(app, [str(a) for a in args], prog_name="cifar")
+    exception = None if isinstance(result.exception, SystemExit) else result.exception
+    return Result(result.exit_code, result.stdout, result.stderr, exception)
+
+
+def assert_clean_error(result: Result, *fragments: str) -> None:
+    """Exit code 2, a one-line message naming the problem on stderr, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
+    assert result.exception is None, repr(result.exception)
+    assert "Traceback" not in result.stdout + result.stderr
+    message = " ".join(result.stderr.split())
+    for fragment in fragments:
+        assert fragment in message, (fragment, result.stderr)
+
+
+TRAIN_ARGS = ("--device", "cpu", "--batch-size", "32", "--lr", "0.05")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short training run on the tiny data, shared by the tests that only read its outputs."""
+    out = tmp_path_factory.mktemp("run")
+    result = cli("train", "--epochs", "6", "--data-dir", tiny_data, "--out", out, "--seed", "1", *TRAIN_ARGS)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return out

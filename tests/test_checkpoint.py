@@ -1,0 +1,109 @@
+"""Checkpoints: exact round trips, atomic writes, and clean refusals of every kind of bad file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_clean_error, cli
+from safetensors.torch import save_file
+
+from cifar_cli import checkpoint as ckpt_mod
+from cifar_cli.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from cifar_cli.data import CLASSES, MEAN, STD
+from cifar_cli.errors import CifarError
+from cifar_cli.models import NetConfig, build_model
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = build_model().eval()
+    with torch.no_grad():  # make BatchNorm statistics non-trivial so they must round-trip too
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, Checkpoint(NetConfig(), model.state_dict(), epoch=7, metrics={"test_acc": 0.5}))
+    return path, model
+
+
+def test_round_trip_reproduces_outputs_exactly(saved: tuple[Path, torch.nn.Module]) -> None:
+    path, model = saved
+    loaded = load_checkpoint(path)
+    assert (loaded.epoch, loaded.metrics, loaded.classes) == (7, {"test_acc": 0.5}, CLASSES)
+    assert (loaded.mean, loaded.std, loaded.config) == (MEAN, STD, NetConfig())
+    rebuilt = model_from_checkpoint(loaded).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), rebuilt(x))
+
+
+def test_write_is_atomic(saved: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch) -> None:
+    path, model = saved
+    before = path.read_bytes()
+
+    def crash(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.os, "replace", crash)
+    with pytest.raises(CifarError, match="No space left"):
+        save_checkpoint(path, Checkpoint(NetConfig(), model.state_dict(), epoch=8))
+    assert path.read_bytes() == before
+    assert os.listdir(path.parent) == [path.name]  # no temp file left behind
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    raw = path.read_bytes()
+    return json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+
+
+def _bad_files(saved_path: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, words the error must contain)"""
+    raw = saved_path.read_bytes()
+    files: dict[str, tuple[Path, str]] = {}
+
+    def put(name: str, data: bytes, words: str, suffix: str = ".safetensors") -> None:
+        files[name] = (tmp / f"{name}{suffix}", words)
+        files[name][0].write_bytes(data)
+
+    put("empty", b"", "not a safetensors checkpoint")
+    put("truncated", raw[: len(raw) // 2], "corrupt")
+    put("header_only", raw[:100], "truncated")
+    put("random", os.urandom(5000), "safetensors")
+    put("huge_header", (10**12).to_bytes(8, "little") + b"{}", "truncated")
+    put("pickle", b"\x80\x02}q\x00.", "PyTorch pickle", suffix=".pth")
+    foreign = tmp / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3)}, foreign, metadata={"producer": "someone else"})
+    files["foreign"] = (foreign, "not a cifar-cli checkpoint")
+
+    state = load_checkpoint(saved_path)
+    other_arch = tmp / "other_arch.safetensors"
+    meta = _metadata(saved_path) | {"model_config": json.dumps({**NetConfig().to_dict(), "arch": "resnet18"})}
+    save_file({f"model.{k}": v for k, v in state.model_state.items()}, other_arch, metadata=meta)
+    files["other_arch"] = (other_arch, "another architecture")
+    wrong_widths = tmp / "wrong_widths.safetensors"
+    meta = _metadata(saved_path) | {"model_config": json.dumps(NetConfig(widths=(16, 32, 64, 96)).to_dict())}
+    save_file({f"model.{k}": v for k, v in state.model_state.items()}, wrong_widths, metadata=meta)
+    files["wrong_widths"] = (wrong_widths, "does not match")
+    bad_json = tmp / "bad_json.safetensors"
+    save_file({f"model.{k}": v for k, v in state.model_state.items()}, bad_json,
+              metadata=_metadata(saved_path) | {"metrics": "{not json"})
+    files["bad_json"] = (bad_json, "not valid JSON")
+    return files
+
+
+def test_bad_checkpoints_are_refused_with_a_clean_error(saved: tuple[Path, torch.nn.Module], tmp_path: Path,
+                                                        tiny_data: Path) -> None:
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    for name, (path, words) in _bad_files(saved[0], bad_dir).items():
+        with pytest.raises(CifarError, match=words):
+            model_from_checkpoint(load_checkpoint(path))
+        result = cli("eval", path, "--data-dir", tiny_data, "--device", "cpu")
+        assert_clean_error(result, words)
+        assert len(result.stderr.strip().splitlines()) == 1, (name, result.stderr)

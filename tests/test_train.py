@@ -1,0 +1,130 @@
+"""Training and evaluation end to end: it learns, it is reproducible, it resumes exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TRAIN_ARGS, assert_clean_error, cli
+
+from cifar_cli.checkpoint import load_checkpoint
+from cifar_cli.data import load_split
+from cifar_cli.engine import TrainSettings, train
+
+RESULT_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+
+
+def _history(out: Path) -> list[dict]:
+    return json.loads((out / "history.json").read_text())
+
+
+def _without_time(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_a_short_run_really_learns(trained_run: Path) -> None:
+    history = _history(trained_run)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert all(set(r) == RESULT_KEYS for r in history)
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    assert history[-1]["test_acc"] >= 0.6  # chance is 0.1
+    assert {p.name for p in trained_run.iterdir()} == {"best.safetensors", "last.safetensors", "history.json"}
+
+
+def test_checkpoint_metadata_describes_the_run(trained_run: Path) -> None:
+    history = _history(trained_run)
+    best = load_checkpoint(trained_run / "best.safetensors")
+    best_record = max(history, key=lambda r: r["test_acc"])
+    assert best.epoch == best_record["epoch"] and best.metrics["test_acc"] == best_record["test_acc"]
+    assert best.train_state is None and not best.optimizer_tensors  # weights only
+    last = load_checkpoint(trained_run / "last.safetensors")
+    assert last.epoch == 6 and last.train_state["history"] == history
+    assert last.optimizer_tensors  # momentum buffers, for --resume
+
+
+def test_eval_rebuilds_the_model_from_the_file_alone(trained_run: Path, tiny_data: Path) -> None:
+    result = cli("eval", trained_run / "best.safetensors", "--data-dir", tiny_data, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    best_record = max(_history(trained_run), key=lambda r: r["test_acc"])
+    assert report["accuracy"] == pytest.approx(best_record["test_acc"])
+    assert report["images"] == 100 and len(report["per_class"]) == 10
+    assert sum(map(sum, report["confusion"])) == 100
+    assert sum(row[i] for i, row in enumerate(report["confusion"])) == round(100 * report["accuracy"])
+
+    table = cli("eval", trained_run / "best.safetensors", "--data-dir", tiny_data, "--device", "cpu")
+    assert table.exit_code == 0
+    assert f"{100 * report['accuracy']:.2f}%" in table.stdout
+    assert "Confusion matrix" in table.stdout and "airplane" in table.stdout
+
+
+def test_same_seed_same_history_other_seed_differs(tiny_data: Path, tmp_path: Path) -> None:
+    runs = {}
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        result = cli("train", "--epochs", "2", "--data-dir", tiny_data, "--out", tmp_path / name, "--seed", seed,
+                     *TRAIN_ARGS)
+        assert result.exit_code == 0, result.stderr
+        runs[name] = _without_time(_history(tmp_path / name))
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+class _CrashAfter:
+    """Stands in for a machine that dies once the given epoch's checkpoint is written."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self, step: int, loss: float, acc: float) -> None: ...
+
+    def epoch_end(self, record: object) -> None:
+        if record.epoch == self.epoch:
+            raise RuntimeError("power cut")
+
+
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
+    train_split, test_split = load_split(tiny_data, train=True), load_split(tiny_data, train=False)
+    settings = TrainSettings(epochs=3, batch_size=32, lr=0.05, seed=5)
+    cpu = torch.device("cpu")
+    train(settings, train_split, test_split, tmp_path / "whole", cpu)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(settings, train_split, test_split, tmp_path / "cut", cpu, observer=_CrashAfter(1))
+    assert len(_history(tmp_path / "cut")) == 1
+
+    result = cli("train", "--resume", tmp_path / "cut" / "last.safetensors", "--data-dir", tiny_data,
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert _without_time(_history(tmp_path / "cut")) == _without_time(_history(tmp_path / "whole"))
+    whole = load_checkpoint(tmp_path / "whole" / "last.safetensors").model_state
+    resumed = load_checkpoint(tmp_path / "cut" / "last.safetensors").model_state
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_resume_refuses_weights_only_and_changed_settings(trained_run: Path, tiny_data: Path) -> None:
+    assert_clean_error(cli("train", "--resume", trained_run / "best.safetensors", "--data-dir", tiny_data),
+                       "resume from last.safetensors")
+    assert_clean_error(cli("train", "--resume", trained_run / "last.safetensors", "--data-dir", tiny_data,
+                           "--epochs", "9", "--out", trained_run.parent / "elsewhere"),
+                       "keeps its settings", "epochs")
+
+
+def test_bad_train_options_fail_cleanly(tiny_data: Path, tmp_path: Path) -> None:
+    assert_clean_error(cli("train", "--epochs", "0", "--data-dir", tiny_data), "--epochs must be at least 1")
+    assert_clean_error(cli("train", "--epochs", "-3", "--data-dir", tiny_data), "--epochs")
+    assert_clean_error(cli("train", "--lr", "0", "--data-dir", tiny_data), "--lr")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert_clean_error(cli("train", "--epochs", "1", "--data-dir", tiny_data, "--out", blocker / "run"),
+                       "not writable")
+    assert_clean_error(cli("train", "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "o"),
+                       "CIFAR-10 not found", "--download", str(tmp_path / "nowhere"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_fails_cleanly(tiny_data: Path, tmp_path: Path) -> None:
+    assert_clean_error(cli("train", "--device", "cuda", "--data-dir", tiny_data, "--out", tmp_path),
+                       "CUDA is not available")
+    assert not any(tmp_path.iterdir())
