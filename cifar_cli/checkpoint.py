@@ -99,7 +99,7 @@ def _json_field(metadata: dict[str, str], key: str, path: Path) -> Any:
         raise CifarError(f"{path} is not a complete cifar-cli checkpoint: metadata has no {key!r}")
     try:
         return json.loads(metadata[key])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: "[[[[..." nested a million deep
         raise CifarError(f"{path} is corrupt: metadata {key!r} is not valid JSON") from None
 
 
@@ -112,23 +112,30 @@ def _read_metadata(raw: bytes, path: Path) -> dict[str, str]:
         raise CifarError(f"{path} is truncated or not a safetensors file (header says {n} bytes)")
     try:
         header = json.loads(raw[8:8 + n])
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise CifarError(f"{path} is not a safetensors file (its header is not JSON)") from None
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     return meta if isinstance(meta, dict) else {}
 
 
+def _is_pickle(path: Path, raw: bytes) -> bool:
+    # torch.save writes a zip container (PK..) around a pickle; older files are a bare pickle (\x80 PROTO).
+    return path.suffix in {".pt", ".pth", ".ckpt"} or raw[:4] == b"PK\x03\x04" or raw[:1] == b"\x80"
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and validate a checkpoint; any problem becomes a CifarError with a one-line reason."""
     path = Path(path)
-    if path.suffix in {".pt", ".pth"}:
-        raise CifarError(f"{path} is a PyTorch pickle; cifar-cli reads only .safetensors checkpoints")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise CifarError(f"checkpoint not found: {path}") from None
     except OSError as e:
         raise CifarError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if _is_pickle(path, raw):
+        raise CifarError(f"{path} is a PyTorch pickle, and loading a pickle can run any code in it, so cifar-cli "
+                         f"reads only .safetensors; if you trust the file, convert it: "
+                         f"cifar convert {path} {path.with_suffix('.safetensors')}")
 
     metadata = _read_metadata(raw, path)
     if metadata.get("format") != FORMAT:
@@ -176,8 +183,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint") -> CifarNet:
     """Build the network the checkpoint describes and load its weights, refusing any mismatch."""
-    model = build_model(ckpt.config)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only: a forged config cannot make us allocate a huge network
+        expected = build_model(ckpt.config).state_dict()
     missing = sorted(set(expected) - set(ckpt.model_state))
     unexpected = sorted(set(ckpt.model_state) - set(expected))
     if missing or unexpected:
@@ -188,8 +195,39 @@ def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint") -> 
         if got.shape != want.shape or got.dtype != want.dtype:
             raise CifarError(f"{path} does not match the {ckpt.config.arch} architecture: {name} is "
                              f"{got.dtype} {tuple(got.shape)}, expected {want.dtype} {tuple(want.shape)}")
+    model = build_model(ckpt.config)
     model.load_state_dict(ckpt.model_state)
     return model
+
+
+def convert_pytorch_checkpoint(src: Path, dst: Path, config: NetConfig | None = None) -> Checkpoint:
+    """Turn a PyTorch .pt/.pth state_dict of this network into a cifar-cli .safetensors checkpoint.
+
+    torch.load(weights_only=True) accepts only tensors and plain containers, so a malicious pickle is
+    refused instead of run.
+    """
+    src, dst = Path(src), Path(dst)
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CifarError(f"checkpoint not found: {src}") from None
+    except Exception as e:  # an unsafe or damaged pickle: torch says why over several lines
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CifarError(f"cannot convert {src}: {first_line}") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise CifarError(f"cannot convert {src}: it does not hold a state_dict of tensors")
+    state = {}
+    for name, tensor in obj.items():
+        for prefix in ("module.", "_orig_mod."):  # DataParallel / torch.compile wrappers
+            name = name.removeprefix(prefix)
+        state[name] = tensor
+    ckpt = Checkpoint(config or NetConfig(), state, metrics={"converted_from": src.name})
+    model_from_checkpoint(ckpt, src)  # refuses weights of another architecture
+    save_checkpoint(dst, ckpt)
+    return ckpt
 
 
 def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,0 +1,141 @@
+"""Fuzzing `cifar eval`'s loading path: every mangled checkpoint is loaded correctly or refused cleanly.
+
+Hypothesis runs derandomized (a fixed seed), so CI sees the same 1,200 cases every time.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cifar_cli.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
+from cifar_cli.errors import CifarError
+from cifar_cli.models import NetConfig, build_model
+
+CASES = 300  # per test below; four tests
+FUZZ = settings(max_examples=CASES, derandomize=True, deadline=timedelta(seconds=10), database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SMALL = NetConfig(widths=(4, 4, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def valid(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("fuzz") / "valid.safetensors"
+    torch.manual_seed(0)
+    save_checkpoint(path, Checkpoint(SMALL, build_model(SMALL).state_dict(), epoch=3, metrics={"test_acc": 0.5}))
+    return path.read_bytes()
+
+
+def _split(raw: bytes) -> tuple[dict, bytes]:
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _join(header: dict, body: bytes) -> bytes:
+    blob = json.dumps(header).encode()
+    return struct.pack("<Q", len(blob)) + blob + body
+
+
+def _loads_or_refuses(raw: bytes, tmp_path: Path) -> None:
+    """The property: a CifarError or a working model, nothing else (no other exception, no hang)."""
+    path = tmp_path / "case.safetensors"
+    path.write_bytes(raw)
+    try:
+        model = model_from_checkpoint(load_checkpoint(path), path)
+    except CifarError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(1, 3, 32, 32)).shape[-1] == model.config.num_classes
+
+
+def test_the_unmangled_file_loads(valid: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "ok.safetensors"
+    path.write_bytes(valid)
+    assert load_checkpoint(path).epoch == 3
+
+
+@FUZZ
+@given(cut=st.integers(min_value=0), flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)),
+                                                    max_size=20))
+def test_truncated_and_bit_flipped(valid: bytes, tmp_path: Path, cut: int, flips: list[tuple[int, int]]) -> None:
+    raw = bytearray(valid[: len(valid) - cut % (len(valid) + 1)] if cut % 3 == 0 else valid)
+    for position, value in flips:
+        if raw:
+            raw[position % len(raw)] = value
+    _loads_or_refuses(bytes(raw), tmp_path)
+
+
+@FUZZ
+@given(raw=st.one_of(st.binary(max_size=4096),
+                     st.integers(1, 200_000).map(lambda n: struct.pack("<Q", 2 * n) + b"[" * n + b"]" * n),
+                     st.binary(max_size=64).map(lambda b: struct.pack("<Q", len(b)) + b),
+                     st.integers(min_value=0, max_value=2**64 - 1).map(lambda n: struct.pack("<Q", n) + b"{}")))
+def test_random_bytes_and_bad_header_lengths(raw: bytes, tmp_path: Path) -> None:
+    _loads_or_refuses(raw, tmp_path)
+
+
+_DTYPES = ["F32", "F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "F8_E4M3", "NOPE", 7]
+_shape = st.lists(st.integers(min_value=-2, max_value=2**40), max_size=5)
+
+
+@FUZZ
+@given(data=st.data())
+def test_tensor_entries_with_wrong_dtypes_shapes_and_offsets(valid: bytes, tmp_path: Path,
+                                                               data: st.DataObject) -> None:
+    header, body = _split(valid)
+    names = sorted(k for k in header if k != "__metadata__")
+    for name in data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=4, unique=True)):
+        entry = header[name]
+        field = data.draw(st.sampled_from(["dtype", "shape", "data_offsets", "drop"]))
+        if field == "dtype":
+            entry["dtype"] = data.draw(st.sampled_from(_DTYPES))
+        elif field == "shape":
+            entry["shape"] = data.draw(_shape)
+        elif field == "data_offsets":
+            entry["data_offsets"] = data.draw(st.lists(st.integers(min_value=-5, max_value=len(body) + 5),
+                                                       min_size=0, max_size=3))
+        else:
+            del header[name]
+    _loads_or_refuses(_join(header, body), tmp_path)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20)
+_configs = st.fixed_dictionaries({}, optional={
+    "arch": st.sampled_from(["cifarnet-ds", "resnet18", ""]) | st.text(max_size=10),
+    "widths": st.lists(st.integers(min_value=-2, max_value=10**6) | st.booleans(), max_size=6) | _json_values,
+    "num_classes": st.integers(min_value=-5, max_value=10**12) | _json_values,
+    "dropout": st.floats(allow_nan=True) | _json_values,
+    "extra": _json_values,
+})
+
+
+@FUZZ
+@given(data=st.data())
+def test_metadata_that_is_not_json_or_names_another_architecture(valid: bytes, tmp_path: Path,
+                                                                   data: st.DataObject) -> None:
+    header, body = _split(valid)
+    meta = header["__metadata__"]
+    key = data.draw(st.sampled_from([*sorted(meta), "train_state"]))
+    choice = data.draw(st.sampled_from(["text", "json", "config", "drop", "not-a-dict"]))
+    if choice == "text":
+        meta[key] = data.draw(st.text(max_size=40))
+    elif choice == "json":
+        meta[key] = json.dumps(data.draw(_json_values))
+    elif choice == "config":
+        meta["model_config"] = json.dumps(data.draw(_configs))
+    elif choice == "drop":
+        meta.pop(key, None)
+    else:
+        header["__metadata__"] = data.draw(_json_values)
+    _loads_or_refuses(_join(header, body), tmp_path)
