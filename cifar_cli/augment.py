@@ -1,4 +1,8 @@
-"""The Albumentations pipelines: the one definition that `train` and `augment-preview` both use."""
+"""The augmentation pipeline: the one definition that `train` and `augment-preview` both use.
+
+Albumentations does the per-image work on uint8 pixels; the final Normalize step runs batched on the
+training device (`normalize`), where it costs next to nothing instead of half the per-image time.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from albumentations.pytorch import ToTensorV2
 
 from cifar_cli.data import MEAN, STD
 
@@ -16,9 +19,10 @@ HOLE_SIZE = 16
 
 
 def train_pipeline(seed: int | None = None) -> A.Compose:
-    """The reference CIFAR-10 augmentation, in Albumentations 2.x argument names.
+    """The reference CIFAR-10 augmentation (before Normalize), in Albumentations 2.x argument names.
 
     Argument names matter: 2.x silently ignores the 1.x ones (max_holes, fill_value, ...).
+    uint8 H x W x 3 in, uint8 H x W x 3 out.
     """
     return A.Compose(
         [
@@ -40,47 +44,47 @@ def train_pipeline(seed: int | None = None) -> A.Compose:
                 p=0.5,
             ),
             A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-            A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0),
-            ToTensorV2(),
         ],
         seed=seed,
     )
 
 
-def eval_pipeline(mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> A.Compose:
-    """What every evaluated image goes through: normalisation only (with a checkpoint's own constants)."""
-    return A.Compose([A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])
+def normalize(images: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> torch.Tensor:
+    """Albumentations' Normalize(mean, std, max_pixel_value=255) for a uint8 N x 3 x H x W batch, on its device.
+
+    The result keeps the input's memory format (channels_last batches stay channels_last).
+    """
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=images.device).view(1, 3, 1, 1)
+    return images.float().mul_(scale).sub_(shift)
 
 
-class PipelineTransform:
-    """Turns an Albumentations pipeline into the uint8 HWC image -> float CHW tensor callable a Dataset wants."""
+class BatchAugmenter:
+    """Runs the pipeline over a batch of uint8 images with one seed for the whole batch.
+
+    Seeding per batch (not per process) makes every batch's augmentations depend only on its seed: the
+    same whatever the number of loader workers, and repeatable when a run resumes mid-epoch.
+    """
 
     def __init__(self, pipeline: A.Compose):
         self.pipeline = pipeline
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        return self.pipeline(image=image)["image"]
-
-    def reseed(self, seed: int) -> None:
+    def __call__(self, images: np.ndarray, seed: int) -> np.ndarray:
         self.pipeline.set_random_seed(seed % 2**32)
+        out = np.empty_like(images)
+        for i, image in enumerate(images):
+            out[i] = self.pipeline(image=image)["image"]
+        return out
 
 
 def describe(pipeline: A.Compose) -> list[str]:
-    """One line per transform with the arguments that differ from its defaults (for printing)."""
-    return [repr(t) for t in pipeline.transforms]
-
-
-def denormalize(batch: torch.Tensor) -> np.ndarray:
-    """Normalised float N x 3 x H x W back to uint8 N x H x W x 3, to show what the network sees."""
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    pixels = (batch.float().cpu() * std + mean).clamp(0, 1) * 255
-    return pixels.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """One line per transform, Normalize (run batched on the device) last."""
+    return [repr(t) for t in pipeline.transforms] + [f"Normalize(mean={MEAN}, std={STD}) batched on the device"]
 
 
 def preview(images: np.ndarray, labels: list[str], views: int,
             seed: int) -> list[tuple[str, np.ndarray, list[np.ndarray]]]:
-    """For each uint8 image, `views` draws of the training pipeline, turned back into pixels."""
-    transform = PipelineTransform(train_pipeline(seed=seed))
-    return [(label, image, list(denormalize(torch.stack([transform(image) for _ in range(views)]))))
+    """For each uint8 image, `views` draws of the training pipeline: the pixels the network is fed."""
+    pipeline = train_pipeline(seed=seed)
+    return [(label, image, [pipeline(image=image)["image"] for _ in range(views)])
             for image, label in zip(images, labels)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -45,7 +46,9 @@ class DeviceName(str, Enum):
 
 
 Device = Annotated[DeviceName, typer.Option("--device", help="Where to run: auto picks CUDA, then MPS, then CPU.")]
-Workers = Annotated[int, typer.Option("--workers", min=0, help="Data loader worker processes.")]
+Workers = Annotated[int | None, typer.Option(
+    "--workers", min=0, show_default=False,
+    help="Data loader worker processes [default: 0 on the CPU, which the training uses; up to 8 per GPU].")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (results are reproducible on CPU).")]
 
@@ -170,14 +173,14 @@ def augment_preview(
 class _RichTrainObserver:
     """Draws the engine's progress: a live bar per epoch, then one summary line."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, enabled: bool = True):
         from cifar_cli.report import epoch_line
 
         self.console, self.epoch_line = console, epoch_line
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
+            console=console, transient=True, disable=not enabled,
         )
         self.task = None
         self.epochs = 0
@@ -189,11 +192,11 @@ class _RichTrainObserver:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
         self.epochs = epochs
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, stats="")
+        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, completed=done, stats="")
 
     def step(self, step: int, loss: float, acc: float) -> None:
         self.progress.update(self.task, completed=step, stats=f"loss {loss:.4f} acc {100 * acc:5.2f}%")
@@ -216,7 +219,12 @@ def train(
     device: Device = DeviceName.auto,
     data_dir: DataDir = None,
     download: Download = False,
-    workers: Workers = 0,
+    workers: Workers = None,
+    amp: Annotated[bool | None, typer.Option(
+        "--amp/--no-amp", show_default=False,
+        help="bf16 autocast on CUDA [default: on where the GPU supports bf16].")] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the network (CUDA: faster after "
+                                                "a minute of compiling).")] = False,
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Folder for checkpoints and history.json [default: runs/<date-time>, or the resumed "
         "checkpoint's folder].", file_okay=False, show_default=False)] = None,
@@ -224,10 +232,21 @@ def train(
         "--resume", help="Continue the run saved in this last.safetensors.", dir_okay=False)] = None,
     as_json: Json = False,
 ) -> None:
-    """Train the network with live progress; saves last/best .safetensors checkpoints and history.json."""
+    """Train the network with live progress; saves last/best .safetensors checkpoints and history.json.
+
+    Ctrl-C (or SIGTERM) finishes the current step, saves last.safetensors and prints how to resume.
+    Under torchrun (torchrun --nproc_per_node=N -m cifar_cli train ...) it trains with DDP.
+    """
     from cifar_cli.checkpoint import load_checkpoint
     from cifar_cli.data import load_split
-    from cifar_cli.engine import TrainSettings, resolve_device, settings_of
+    from cifar_cli.engine import (
+        Runtime,
+        TrainingInterrupted,
+        TrainSettings,
+        init_distributed,
+        resolve_device,
+        settings_of,
+    )
     from cifar_cli.engine import train as run_training
 
     checkpoint = load_checkpoint(resume) if resume else None
@@ -241,6 +260,7 @@ def train(
     )
     settings.validate()
     torch_device = resolve_device(device.value)
+    dist = init_distributed(torch_device)
     if out_dir is None:
         out_dir = resume.parent if resume else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     root = _data_dir(data_dir)
@@ -248,12 +268,27 @@ def train(
     test_split = load_split(root, train=False, download_missing=download)
 
     console = err if as_json else out
-    console.print(f"Training on [bold]{torch_device}[/]: {len(train_split):,} train / {len(test_split):,} test "
-                  f"images, {settings.epochs} epochs, batch {settings.batch_size}, lr {settings.lr}, "
-                  f"seed {settings.seed} -> {out_dir}" + (f" (resuming {resume})" if resume else ""))
-    with _RichTrainObserver(console) as observer:
-        result = run_training(settings, train_split, test_split, out_dir, torch_device, workers=workers,
-                              resume=checkpoint, observer=observer)
+    if dist.main:
+        processes = f" x {dist.world} processes" if dist.world > 1 else ""
+        console.print(f"Training on [bold]{torch_device}{processes}[/]: {len(train_split):,} train / "
+                      f"{len(test_split):,} test images, {settings.epochs} epochs, batch {settings.batch_size}, "
+                      f"lr {settings.lr}, seed {settings.seed} -> {out_dir}"
+                      + (f" (resuming {resume})" if resume else ""), soft_wrap=True)
+    runtime = Runtime(workers=workers, amp=amp, compile=compile_model)
+    try:
+        with _RichTrainObserver(console, enabled=dist.main) as observer:
+            result = run_training(settings, train_split, test_split, out_dir, torch_device, runtime=runtime,
+                                  resume=checkpoint, observer=observer, dist=dist)
+    except TrainingInterrupted as stop:
+        if dist.main:
+            err.print(f"Stopped by {signal.Signals(stop.signum).name} at epoch {stop.epoch}, step {stop.step}; "
+                      f"saved {stop.checkpoint}. Resume with: cifar train --resume {stop.checkpoint}", soft_wrap=True)
+        raise typer.Exit(128 + stop.signum) from None
+    except KeyboardInterrupt:
+        err.print("Interrupted; last.safetensors holds the last completed epoch.")
+        raise typer.Exit(128 + signal.SIGINT) from None
+    if not dist.main:
+        return
     if as_json:
         _print_json(result.to_dict())
     else:
@@ -271,8 +306,7 @@ def eval_command(
     data_dir: DataDir = None,
     download: Download = False,
     device: Device = DeviceName.auto,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 512,
-    workers: Workers = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1000,
     as_json: Json = False,
 ) -> None:
     """Test loss, accuracy, per-class results and the confusion matrix of a checkpoint."""
@@ -285,8 +319,8 @@ def eval_command(
     model = model_from_checkpoint(ckpt, checkpoint)
     torch_device = resolve_device(device.value)
     split = load_split(_data_dir(data_dir), train=False, download_missing=download)
-    result = evaluate(model.to(torch_device), split, torch_device, batch_size=batch_size, workers=workers,
-                      classes=ckpt.classes, mean=ckpt.mean, std=ckpt.std)
+    result = evaluate(model.to(torch_device), split, torch_device, batch_size=batch_size, classes=ckpt.classes,
+                      mean=ckpt.mean, std=ckpt.std)
     if as_json:
         _print_json({"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "images": len(split), **result.to_dict()})
         return
@@ -295,6 +329,24 @@ def eval_command(
                         f"accuracy [bold]{100 * result.accuracy:.2f}%[/]"))
     out.print(per_class_table(result))
     out.print(confusion_table(result))
+
+
+@app.command()
+@_fails_cleanly
+def convert(
+    source: Annotated[Path, typer.Argument(help="A PyTorch .pt/.pth file holding this network's state_dict.",
+                                           dir_okay=False, show_default=False)],
+    target: Annotated[Path, typer.Argument(help="The .safetensors checkpoint to write.", dir_okay=False,
+                                           show_default=False)],
+) -> None:
+    """Convert a PyTorch .pt/.pth state_dict of the default network to a .safetensors checkpoint, safely.
+
+    The file is read with torch.load(weights_only=True), which refuses pickles that would run code.
+    """
+    from cifar_cli.checkpoint import convert_pytorch_checkpoint
+
+    ckpt = convert_pytorch_checkpoint(source, target)
+    out.print(f"Wrote {target} ({len(ckpt.model_state)} tensors, {ckpt.config.arch})")
 
 
 def main() -> None:

@@ -142,18 +142,72 @@ def load_split(data_dir: Path, train: bool, download_missing: bool = False) -> S
     return Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
-class AugmentedDataset(Dataset):
-    """Uint8 images run through an image -> tensor transform, one item at a time (what DataLoader wants)."""
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from (run seed, epoch, ...), so each piece of randomness stands alone."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
 
-    def __init__(self, split: Split, transform: Callable[[np.ndarray], torch.Tensor]):
-        self.split = split
-        self.transform = transform
+
+class EpochBatches:
+    """The batch plan of one epoch: which images, in what order, with what augmentation seed.
+
+    The order is a permutation seeded by (seed, epoch). With `world` > 1 processes, rank r takes every
+    world-th image of it (disjoint shares of equal size). Each batch carries its own seed. `set_epoch`
+    moves to another epoch, optionally skipping the batches a resumed run has already trained on.
+    Used as a DataLoader batch_sampler; it yields (batch seed, image indices).
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
+        self.epoch, self.start = 1, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    @property
+    def per_rank(self) -> int:
+        return self.size // self.world
+
+    def batches_per_epoch(self) -> int:
+        return -(-self.per_rank // self.batch_size)
+
+    def indices(self) -> np.ndarray:
+        """This rank's images for the current epoch, in order."""
+        order = np.random.default_rng(derive_seed(self.seed, self.epoch)).permutation(self.size)
+        return order[self.rank::self.world][: self.per_rank]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.start
+
+    def __iter__(self):  # noqa: ANN204
+        mine, size = self.indices(), self.batch_size
+        for b in range(self.start, self.batches_per_epoch()):
+            yield derive_seed(self.seed, self.epoch, self.rank, b, 0), mine[b * size:(b + 1) * size]
+
+
+class AugmentedBatches(Dataset):
+    """Serves whole batches: (batch seed, indices) -> augmented uint8 N x 3 x 32 x 32 images and labels.
+
+    The images tensor is a channels_last view of the N x H x W x 3 array: no copy, and the layout the
+    network runs fastest in.
+    """
+
+    def __init__(self, split: Split, augment: Callable[[np.ndarray, int], np.ndarray]):
+        self.split, self.augment = split, augment
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.split.images[index]), int(self.split.labels[index])
+    def __getitems__(self, batch: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        seed, indices = batch
+        images = self.augment(self.split.images[indices], seed)
+        return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(self.split.labels[indices])
+
+
+def batches_in_order(split: Split, batch_size: int):  # noqa: ANN201
+    """The split's uint8 images as N x 3 x H x W channels_last tensors with labels, in file order."""
+    for start in range(0, len(split), batch_size):
+        images = torch.from_numpy(split.images[start:start + batch_size]).permute(0, 3, 1, 2)
+        yield images, torch.from_numpy(split.labels[start:start + batch_size])
 
 
 def load_image(path: Path, size: int = 32) -> np.ndarray:

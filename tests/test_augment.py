@@ -7,8 +7,9 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import pytest
+import torch
 
-from cifar_cli.augment import HOLE_SIZE, MEAN_PIXEL, preview, train_pipeline
+from cifar_cli.augment import HOLE_SIZE, MEAN_PIXEL, normalize, preview, train_pipeline
 from cifar_cli.data import MEAN, STD, load_split
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -23,10 +24,15 @@ def real_image(tiny_data: Path) -> np.ndarray:
 
 def test_pipeline_has_the_reference_transforms_in_order() -> None:
     names = [type(t).__name__ for t in train_pipeline().transforms]
-    assert names == ["HorizontalFlip", "Affine", "CoarseDropout", "RandomBrightnessContrast", "Normalize",
-                     "ToTensorV2"]
-    normalize = train_pipeline().transforms[4]
-    assert tuple(normalize.mean) == MEAN and tuple(normalize.std) == STD
+    assert names == ["HorizontalFlip", "Affine", "CoarseDropout", "RandomBrightnessContrast"]
+
+
+def test_batched_normalize_is_albumentations_normalize(real_image: np.ndarray) -> None:
+    reference = A.Normalize(mean=MEAN, std=STD, max_pixel_value=255.0, p=1.0)(image=real_image)["image"]
+    batch = torch.from_numpy(np.stack([real_image, real_image])).permute(0, 3, 1, 2)
+    ours = normalize(batch)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(ours[1].permute(1, 2, 0), torch.from_numpy(reference), atol=1e-5)
 
 
 @pytest.mark.parametrize("seed", range(5))

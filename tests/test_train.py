@@ -13,7 +13,7 @@ from cifar_cli.checkpoint import load_checkpoint
 from cifar_cli.data import load_split
 from cifar_cli.engine import TrainSettings, train
 
-RESULT_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+RESULT_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images"}
 
 
 def _history(out: Path) -> list[dict]:
@@ -30,7 +30,8 @@ def test_a_short_run_really_learns(trained_run: Path) -> None:
     assert all(set(r) == RESULT_KEYS for r in history)
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
     assert history[-1]["test_acc"] >= 0.6  # chance is 0.1
-    assert {p.name for p in trained_run.iterdir()} == {"best.safetensors", "last.safetensors", "history.json"}
+    visible = {p.name for p in trained_run.iterdir() if not p.name.startswith(".")}
+    assert visible == {"best.safetensors", "last.safetensors", "history.json"}
 
 
 def test_checkpoint_metadata_describes_the_run(trained_run: Path) -> None:
@@ -77,7 +78,7 @@ class _CrashAfter:
     def __init__(self, epoch: int):
         self.epoch = epoch
 
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
     def step(self, step: int, loss: float, acc: float) -> None: ...
 
     def epoch_end(self, record: object) -> None:

@@ -1,0 +1,233 @@
+"""Interrupted runs lose nothing, bad files never crash, pickles cannot run code."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_clean_error, cli
+
+import cifar_cli.checkpoint as checkpoint_module
+import cifar_cli.engine as engine
+from cifar_cli.checkpoint import load_checkpoint
+from cifar_cli.data import AugmentedBatches, EpochBatches, load_split
+from cifar_cli.engine import TrainingInterrupted, TrainSettings, lock_out_dir, train
+from cifar_cli.errors import CifarError
+from cifar_cli.models import build_model
+
+SETTINGS = TrainSettings(epochs=3, batch_size=16, lr=0.05, seed=2)
+CPU = torch.device("cpu")
+CLI_SETTINGS = ("--epochs", "3", "--batch-size", "16", "--lr", "0.05", "--seed", "2", "--device", "cpu")
+
+
+def _history(out: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((out / "history.json").read_text())]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(out / "last.safetensors").model_state
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    assert _history(a) == _history(b)
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_data: Path) -> tuple:
+    return load_split(tiny_data, train=True), load_split(tiny_data, train=False)
+
+
+@pytest.fixture(scope="module")
+def reference(splits: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run every interrupted one must end up equal to."""
+    out = tmp_path_factory.mktemp("reference")
+    train(SETTINGS, *splits, out, CPU)
+    return out
+
+
+class _SignalAt:
+    """Sends this process a signal while epoch `epoch` is at step `step` (mid-epoch)."""
+
+    def __init__(self, signum: int, epoch: int, step: int):
+        self.signum, self.at, self.epoch = signum, (epoch, step), 0
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        self.epoch = epoch
+
+    def step(self, step: int, loss: float, acc: float) -> None:
+        if (self.epoch, step) == self.at:
+            os.kill(os.getpid(), self.signum)
+
+    def epoch_end(self, record: object) -> None: ...
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_epoch_saves_and_resumes_to_the_same_run(signum: int, splits: tuple, reference: Path,
+                                                             tmp_path: Path) -> None:
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(SETTINGS, *splits, tmp_path, CPU, observer=_SignalAt(signum, epoch=2, step=10))
+    assert (stopped.value.signum, stopped.value.epoch, stopped.value.step) == (signum, 2, 11)
+    state = load_checkpoint(tmp_path / "last.safetensors").train_state
+    assert state["position"]["epoch"] == 2 and state["position"]["batches"] == 11
+    train(SETTINGS, *splits, tmp_path, CPU, resume=load_checkpoint(tmp_path / "last.safetensors"))
+    _assert_same_run(tmp_path, reference)
+
+
+def _start_cli(tiny_data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cifar_cli", "train", "--data-dir", str(tiny_data), "--out",
+                             str(out), *CLI_SETTINGS, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for_epoch(out: Path, process: subprocess.Popen, epochs: int = 1) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if len(json.loads((out / "history.json").read_text())) >= epochs:
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"no epoch finished: {process.communicate()}")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_cli_exits_with_the_signal_code_and_says_how_to_resume(signum: int, code: int, tiny_data: Path,
+                                                              reference: Path, tmp_path: Path) -> None:
+    process = _start_cli(tiny_data, tmp_path)
+    _wait_for_epoch(tmp_path, process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    assert f"Resume with: cifar train --resume {tmp_path / 'last.safetensors'}" in " ".join(stderr.split())
+    assert "Traceback" not in stderr
+    result = cli("train", "--resume", tmp_path / "last.safetensors", "--data-dir", tiny_data, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    _assert_same_run(tmp_path, reference)
+
+
+def test_kill_9_mid_run_leaves_a_checkpoint_that_resumes(tiny_data: Path, reference: Path, tmp_path: Path) -> None:
+    process = _start_cli(tiny_data, tmp_path)
+    _wait_for_epoch(tmp_path, process)
+    process.kill()
+    process.communicate(timeout=60)
+    survivor = load_checkpoint(tmp_path / "last.safetensors")  # intact, whatever moment the kill hit
+    assert survivor.epoch >= 1
+    result = cli("train", "--resume", tmp_path / "last.safetensors", "--data-dir", tiny_data, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    _assert_same_run(tmp_path, reference)
+
+
+def test_non_finite_loss_stops_with_epoch_step_and_hint(splits: tuple, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_to_device = engine._to_device
+    calls = {"n": 0}
+    epoch_1_calls = -(-len(splits[0]) // 16) + 1  # epoch 1's training batches and its one evaluation batch
+
+    def poisoned(images: torch.Tensor, *args: object) -> torch.Tensor:
+        calls["n"] += 1
+        batch = real_to_device(images, *args)
+        return batch * float("nan") if calls["n"] == epoch_1_calls + 5 else batch
+
+    monkeypatch.setattr(engine, "_to_device", poisoned)
+    with pytest.raises(CifarError, match=r"non-finite at epoch 2, step 5; .*lower --lr"):
+        train(SETTINGS, *splits, tmp_path, CPU)
+    good = load_checkpoint(tmp_path / "last.safetensors")
+    assert good.epoch == 1 and all(torch.isfinite(t).all() for t in good.model_state.values() if t.is_floating_point())
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(splits: tuple, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fsync, writes = os.fsync, {"n": 0}
+
+    def fsync(fd: int) -> None:
+        writes["n"] += 1
+        if writes["n"] > 6:  # epoch 1's best, last and history go through (with their folder syncs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint_module.os, "fsync", fsync)
+    with pytest.raises(CifarError, match="No space left on device"):
+        train(SETTINGS, *splits, tmp_path, CPU)
+    assert load_checkpoint(tmp_path / "last.safetensors").epoch == 1
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_two_runs_cannot_share_an_output_folder(tiny_data: Path, tmp_path: Path) -> None:
+    with lock_out_dir(tmp_path):
+        assert_clean_error(cli("train", "--data-dir", tiny_data, "--out", tmp_path, *CLI_SETTINGS),
+                           "in use by another cifar train", f"pid {os.getpid()}")
+    assert not (tmp_path / "history.json").exists()
+    result = cli("train", "--data-dir", tiny_data, "--out", tmp_path, *CLI_SETTINGS[2:], "--epochs", "1")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_loader_workers_do_not_change_the_batches(splits: tuple) -> None:
+    from torch.utils.data import DataLoader
+
+    from cifar_cli.augment import BatchAugmenter, train_pipeline
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        plan = EpochBatches(len(splits[0]), 32, seed=9)
+        plan.set_epoch(3)
+        loader = DataLoader(AugmentedBatches(splits[0], BatchAugmenter(train_pipeline())), batch_sampler=plan,
+                            collate_fn=lambda b: b, num_workers=workers)
+        return [images for images, _ in loader]
+
+    alone, shared = batches(0), batches(2)
+    assert len(alone) == len(shared) == 10 and all(torch.equal(a, b) for a, b in zip(alone, shared))
+
+
+def test_pytorch_pickles_are_refused_and_can_be_converted(tiny_data: Path, tmp_path: Path) -> None:
+    model = build_model().eval()
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, legacy)
+    assert_clean_error(cli("eval", legacy, "--data-dir", tiny_data), "pickle", "can run any code",
+                       f"cifar convert {legacy}")
+
+    converted = tmp_path / "converted.safetensors"
+    assert cli("convert", legacy, converted).exit_code == 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        rebuilt = checkpoint_module.model_from_checkpoint(load_checkpoint(converted)).eval()
+        assert torch.equal(model(x), rebuilt(x))
+    assert cli("eval", converted, "--data-dir", tiny_data, "--device", "cpu").exit_code == 0
+
+
+def test_converting_a_malicious_pickle_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):  # noqa: ANN204
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"weight": Exploit()}, protocol=2))
+    assert_clean_error(cli("convert", evil, tmp_path / "out.safetensors"), "cannot convert")
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+    other = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, other)
+    assert_clean_error(cli("convert", other, tmp_path / "out.safetensors"), "does not match")
+
+
+def test_epoch_plan_shares_are_disjoint_and_cover_the_data() -> None:
+    shares = []
+    for rank in range(3):
+        plan = EpochBatches(100, 8, seed=1, rank=rank, world=3)
+        plan.set_epoch(2)
+        shares.append(np.concatenate([indices for _, indices in plan]))
+    assert all(len(s) == 33 for s in shares)
+    union = np.concatenate(shares)
+    assert len(set(union.tolist())) == 99  # disjoint; one image left over, as in DistributedSampler(drop_last)
