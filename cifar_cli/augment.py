@@ -70,6 +70,7 @@ class BatchAugmenter:
         self.pipeline = pipeline
 
     def __call__(self, images: np.ndarray, seed: int) -> np.ndarray:
+        cv2.setNumThreads(1)  # OpenCV's thread pool costs more than it gives on 32x32 images: +20% images/s
         self.pipeline.set_random_seed(seed % 2**32)
         out = np.empty_like(images)
         for i, image in enumerate(images):
