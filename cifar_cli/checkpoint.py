@@ -19,7 +19,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
-from torch import nn
 
 from cifar_cli import __version__
 from cifar_cli.data import CLASSES, MEAN, STD
@@ -249,10 +248,3 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
         index, key = flat.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights to save: unwraps DataParallel/compiled wrappers so names stay plain."""
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner)
-    return inner.state_dict()

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ from cifar_cli.augment import BatchAugmenter, normalize, train_pipeline
 from cifar_cli.checkpoint import (
     Checkpoint,
     flatten_optimizer,
-    model_state,
+    model_from_checkpoint,
     save_checkpoint,
     unflatten_optimizer,
     write_atomic,
@@ -144,14 +144,26 @@ class TrainSettings:
             raise CifarError(f"--seed must be >= 0, not {self.seed}")
 
 
+def _well_typed(settings: TrainSettings) -> bool:
+    """Every field holds its kind of number (ints stay ints; a float field also takes an int)."""
+    for f in fields(settings):
+        value, wanted = getattr(settings, f.name), (int, float) if isinstance(f.default, float) else int
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            return False
+    return True
+
+
 def settings_of(checkpoint: Checkpoint) -> TrainSettings:
     """The settings of the run that wrote a resumable checkpoint."""
     state = checkpoint.train_state or {}
     try:
-        return TrainSettings(**state["settings"])
+        settings = TrainSettings(**state["settings"])
     except (KeyError, TypeError):
+        settings = None
+    if settings is None or not _well_typed(settings):
         raise CifarError("this checkpoint cannot be resumed: it holds weights only (a best.safetensors?) "
-                         "or no valid training state; resume from last.safetensors") from None
+                         "or no valid training state; resume from last.safetensors")
+    return settings
 
 
 @dataclass
@@ -324,7 +336,7 @@ def lock_out_dir(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _seed_worker(worker_id: int) -> None:
+def _worker_ignores_sigint(worker_id: int) -> None:
     # Ctrl-C reaches the whole process group; the main process decides when to stop, workers keep feeding.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -384,9 +396,7 @@ def train(
     memory_format = _memory_format(device)
 
     torch.manual_seed(settings.seed)
-    model = build_model(model_config)
-    if resume is not None:
-        model.load_state_dict(resume.model_state)
+    model = model_from_checkpoint(resume) if resume is not None else build_model(model_config)
     model.to(device, memory_format=memory_format)
     plan = EpochBatches(len(train_split), settings.batch_size, settings.seed, dist.rank, dist.world)
     steps_per_epoch = plan.batches_per_epoch()
@@ -406,13 +416,16 @@ def train(
     if runtime.compile:
         net = torch.compile(net)
 
-    history = [EpochRecord(**r) for r in run.history]
+    try:
+        history = [EpochRecord(**r) for r in run.history]
+    except TypeError:
+        raise CifarError("the checkpoint's training history is damaged; it cannot be resumed") from None
     loader = DataLoader(
         AugmentedBatches(train_split, BatchAugmenter(train_pipeline())),
         batch_sampler=plan,
         collate_fn=_whole_batch,
         num_workers=workers,
-        worker_init_fn=_seed_worker if workers else None,
+        worker_init_fn=_worker_ignores_sigint if workers else None,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
     )
@@ -421,7 +434,7 @@ def train(
         run.history, run.scheduler, run.position = [asdict(r) for r in history], scheduler.state_dict(), position
         opt_tensors, opt_meta = flatten_optimizer(optimizer)
         save_checkpoint(out_dir / "last.safetensors", Checkpoint(
-            model_config, model_state(model), epoch=epoch, metrics=metrics,
+            model_config, model.state_dict(), epoch=epoch, metrics=metrics,
             optimizer_tensors=opt_tensors, train_state={**asdict(run), "optimizer": opt_meta}))
 
     with ExitStack() as stack:
@@ -489,7 +502,7 @@ def train(
                 if record.test_acc > run.best_acc:
                     run.best_epoch, run.best_acc = epoch, record.test_acc
                     save_checkpoint(out_dir / "best.safetensors", Checkpoint(
-                        model_config, model_state(model), epoch=epoch, metrics=_metrics(record)))
+                        model_config, model.state_dict(), epoch=epoch, metrics=_metrics(record)))
                 save_last(epoch, None, _metrics(record))
                 write_history(out_dir / "history.json", history)
                 observer.epoch_end(record)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -116,14 +115,3 @@ def write_image_grid(rows: list[tuple[str, np.ndarray, list[np.ndarray]]], path:
         canvas.save(path, format="PNG")
     except (OSError, ValueError) as e:
         raise CifarError(f"cannot write {path}: {e}") from None
-
-
-def to_jsonable(value: Any) -> Any:
-    """Paths and tuples to plain JSON types."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value

@@ -92,7 +92,7 @@ def _start_cli(tiny_data: Path, out: Path, *extra: str) -> subprocess.Popen:
 
 
 def _wait_for_epoch(out: Path, process: subprocess.Popen, epochs: int = 1) -> None:
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a loaded CI machine can be many times slower
     while time.monotonic() < deadline and process.poll() is None:
         try:
             if len(json.loads((out / "history.json").read_text())) >= epochs:
@@ -231,3 +231,18 @@ def test_epoch_plan_shares_are_disjoint_and_cover_the_data() -> None:
     assert all(len(s) == 33 for s in shares)
     union = np.concatenate(shares)
     assert len(set(union.tolist())) == 99  # disjoint; one image left over, as in DistributedSampler(drop_last)
+
+
+def test_a_damaged_training_state_cannot_be_resumed(trained_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(trained_run / "last.safetensors")
+    raw = (trained_run / "last.safetensors").read_bytes()
+    meta = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+    state = json.loads(meta["train_state"])
+    for damage, words in [({"history": [{"epoch": 1, "bogus": 2}]}, "history is damaged"),
+                          ({"surprise": 1}, "incomplete"),
+                          ({"settings": {"epochs": "many"}}, "cannot be resumed")]:
+        damaged = tmp_path / "last.safetensors"
+        save_file(tensors, damaged, metadata={**meta, "train_state": json.dumps({**state, **damage})})
+        assert_clean_error(cli("train", "--resume", damaged, "--data-dir", tiny_data, "--device", "cpu"), words)
