@@ -246,6 +246,7 @@ def train(
         init_distributed,
         resolve_device,
         settings_of,
+        shutdown_distributed,
     )
     from cifar_cli.engine import train as run_training
 
@@ -287,6 +288,8 @@ def train(
     except KeyboardInterrupt:
         err.print("Interrupted; last.safetensors holds the last completed epoch.")
         raise typer.Exit(128 + signal.SIGINT) from None
+    finally:
+        shutdown_distributed()
     if not dist.main:
         return
     if as_json:
@@ -295,7 +298,7 @@ def train(
         final = result.history[-1]
         out.print(f"Done: final test accuracy [bold]{100 * final.test_acc:.2f}%[/], best "
                   f"{100 * result.best_acc:.2f}% (epoch {result.best_epoch}). Checkpoints and history.json "
-                  f"in [bold]{out_dir}[/]")
+                  f"in [bold]{out_dir}[/]", soft_wrap=True)
 
 
 @app.command("eval")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,7 +178,7 @@ class EpochBatches:
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         mine, size = self.indices(), self.batch_size
         for b in range(self.start, self.batches_per_epoch()):
             yield derive_seed(self.seed, self.epoch, self.rank, b, 0), mine[b * size:(b + 1) * size]
@@ -203,7 +203,7 @@ class AugmentedBatches(Dataset):
         return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(self.split.labels[indices])
 
 
-def batches_in_order(split: Split, batch_size: int):  # noqa: ANN201
+def batches_in_order(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The split's uint8 images as N x 3 x H x W channels_last tensors with labels, in file order."""
     for start in range(0, len(split), batch_size):
         images = torch.from_numpy(split.images[start:start + batch_size]).permute(0, 3, 1, 2)
@@ -211,7 +211,7 @@ def batches_in_order(split: Split, batch_size: int):  # noqa: ANN201
 
 
 def load_image(path: Path, size: int = 32) -> np.ndarray:
-    """Any picture file as uint8 size x size x 3 RGB, resized the way CIFAR-10 images were made."""
+    """Any picture file as uint8 size x size x 3 RGB (bicubic resize, aspect ratio not kept)."""
     from PIL import Image, UnidentifiedImageError
 
     try:

@@ -72,6 +72,11 @@ def init_distributed(device: torch.device) -> Distributed:
                        local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def shutdown_distributed() -> None:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA, then MPS, then CPU; an explicit choice that is not available is an error.
 
