@@ -118,8 +118,14 @@ def _read_metadata(raw: bytes, path: Path) -> dict[str, str]:
 
 
 def _is_pickle(path: Path, raw: bytes) -> bool:
-    # torch.save writes a zip container (PK..) around a pickle; older files are a bare pickle (\x80 PROTO).
-    return path.suffix in {".pt", ".pth", ".ckpt"} or raw[:4] == b"PK\x03\x04" or raw[:1] == b"\x80"
+    """torch.save writes a zip container (PK..) around a pickle; older files are a bare pickle.
+
+    A bare pickle opens with PROTO (0x80) and its protocol number. A safetensors file opens with its
+    8-byte header length, whose first byte is 0x80 for about one length in 32, followed by "{".
+    """
+    if path.suffix in {".pt", ".pth", ".ckpt"} or raw[:4] == b"PK\x03\x04":
+        return True
+    return raw[:1] == b"\x80" and raw[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and raw[8:9] != b"{"
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

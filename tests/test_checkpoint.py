@@ -43,6 +43,17 @@ def test_round_trip_reproduces_outputs_exactly(saved: tuple[Path, torch.nn.Modul
         assert torch.equal(model(x), rebuilt(x))
 
 
+def test_every_header_length_loads(saved: tuple[Path, torch.nn.Module]) -> None:
+    """A header length whose first byte is 0x80 (pickle's PROTO opcode) must not read as a pickle."""
+    path, model = saved
+    first_bytes = set()
+    for pad in range(0, 300, 8):  # the header grows 8 bytes at a time: every low byte comes round
+        save_checkpoint(path, Checkpoint(NetConfig(), model.state_dict(), metrics={"pad": "x" * pad}))
+        first_bytes.add(path.read_bytes()[0])
+        assert load_checkpoint(path).metrics["pad"] == "x" * pad
+    assert 0x80 in first_bytes
+
+
 def test_write_is_atomic(saved: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch) -> None:
     path, model = saved
     before = path.read_bytes()
