@@ -6,6 +6,8 @@ training device (`normalize`), where it costs next to nothing instead of half th
 
 from __future__ import annotations
 
+import functools
+
 import albumentations as A
 import cv2
 import numpy as np
@@ -54,9 +56,17 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[f
 
     The result keeps the input's memory format (channels_last batches stay channels_last).
     """
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(1, 3, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=images.device).view(1, 3, 1, 1)
+    scale, shift = _normalize_constants(images.device, tuple(mean), tuple(std))
     return images.float().mul_(scale).sub_(shift)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalize_constants(device: torch.device, mean: tuple[float, ...],
+                         std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Made once per device: normalize runs every step, and a fresh tensor would be a copy to the GPU each time."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=device).view(1, 3, 1, 1)
+    return scale, shift
 
 
 class BatchAugmenter:

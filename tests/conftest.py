@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -93,3 +94,9 @@ def trained_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     result = cli("train", "--epochs", "6", "--data-dir", tiny_data, "--out", out, "--seed", "1", *TRAIN_ARGS)
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     return out
+
+
+def safetensors_header(raw: bytes) -> tuple[dict, bytes]:
+    """A safetensors file's JSON header (tensor entries and __metadata__) and the tensor bytes after it."""
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]

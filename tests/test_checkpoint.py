@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_clean_error, cli
+from conftest import assert_clean_error, cli, safetensors_header
 from safetensors.torch import save_file
 
 from cifar_cli import checkpoint as ckpt_mod
@@ -69,8 +69,7 @@ def test_write_is_atomic(saved: tuple[Path, torch.nn.Module], monkeypatch: pytes
 
 
 def _metadata(path: Path) -> dict[str, str]:
-    raw = path.read_bytes()
-    return json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+    return safetensors_header(path.read_bytes())[0]["__metadata__"]
 
 
 def _bad_files(saved_path: Path, tmp: Path) -> dict[str, tuple[Path, str]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import safetensors_header
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,11 +32,6 @@ def valid(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     torch.manual_seed(0)
     save_checkpoint(path, Checkpoint(SMALL, build_model(SMALL).state_dict(), epoch=3, metrics={"test_acc": 0.5}))
     return path.read_bytes()
-
-
-def _split(raw: bytes) -> tuple[dict, bytes]:
-    n = int.from_bytes(raw[:8], "little")
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
 
 
 def _join(header: dict, body: bytes) -> bytes:
@@ -90,7 +86,7 @@ _shape = st.lists(st.integers(min_value=-2, max_value=2**40), max_size=5)
 @given(data=st.data())
 def test_tensor_entries_with_wrong_dtypes_shapes_and_offsets(valid: bytes, tmp_path: Path,
                                                                data: st.DataObject) -> None:
-    header, body = _split(valid)
+    header, body = safetensors_header(valid)
     names = sorted(k for k in header if k != "__metadata__")
     for name in data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=4, unique=True)):
         entry = header[name]
@@ -124,7 +120,7 @@ _configs = st.fixed_dictionaries({}, optional={
 @given(data=st.data())
 def test_metadata_that_is_not_json_or_names_another_architecture(valid: bytes, tmp_path: Path,
                                                                    data: st.DataObject) -> None:
-    header, body = _split(valid)
+    header, body = safetensors_header(valid)
     meta = header["__metadata__"]
     key = data.draw(st.sampled_from([*sorted(meta), "train_state"]))
     choice = data.draw(st.sampled_from(["text", "json", "config", "drop", "not-a-dict"]))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean_error, cli
+from conftest import assert_clean_error, cli, safetensors_header
 
 import cifar_cli.checkpoint as checkpoint_module
 import cifar_cli.engine as engine
@@ -237,8 +237,7 @@ def test_a_damaged_training_state_cannot_be_resumed(trained_run: Path, tiny_data
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(trained_run / "last.safetensors")
-    raw = (trained_run / "last.safetensors").read_bytes()
-    meta = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+    meta = safetensors_header((trained_run / "last.safetensors").read_bytes())[0]["__metadata__"]
     state = json.loads(meta["train_state"])
     for damage, words in [({"history": [{"epoch": 1, "bogus": 2}]}, "history is damaged"),
                           ({"surprise": 1}, "incomplete"),
