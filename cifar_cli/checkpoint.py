@@ -1,6 +1,8 @@
 """Checkpoints: weights in safetensors, and in its metadata everything needed to rebuild and judge them.
 
-Tensors are named `model.<param>` and, in resumable checkpoints, `optimizer.<index>.<key>`. Metadata
+Tensors are named `model.<param>` (the weights the metrics describe: the weight average when training
+kept one) and, in resumable checkpoints, `optimizer.<index>.<key>` and, with a weight average, the raw
+training weights as `raw.<param>`. Metadata
 (strings only, per the format) holds JSON: the model config, epoch, metrics, normalisation constants,
 class names, package version and, for resuming, the optimizer/scheduler/run state.
 Writes are atomic: a temp file in the same folder, fsync, rename.
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ from cifar_cli.errors import CifarError
 from cifar_cli.models import CifarNet, NetConfig, build_model
 
 FORMAT = "cifar-cli/1"
+# The 40-epoch default run whose figures the README states, shipped inside the package.
+PACKAGED_CHECKPOINT = Path(__file__).parent / "weights" / "cifarnet-ds-40ep.safetensors"
 
 
 @dataclass
@@ -41,6 +45,12 @@ class Checkpoint:
     # Only in resumable checkpoints: optimizer state tensors and the JSON-able rest of the run's state.
     optimizer_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     train_state: dict[str, Any] | None = None
+    raw_state: dict[str, torch.Tensor] = field(default_factory=dict)  # training weights, when model_state is an EMA
+
+
+def weights_only(ckpt: Checkpoint) -> Checkpoint:
+    """The same checkpoint without what only resuming needs (optimizer, run state, raw weights)."""
+    return replace(ckpt, optimizer_tensors={}, train_state=None, raw_state={})
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -76,6 +86,7 @@ def _umask() -> int:
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in ckpt.model_state.items()}
     tensors.update({f"optimizer.{k}": v.detach().cpu().contiguous() for k, v in ckpt.optimizer_tensors.items()})
+    tensors.update({f"raw.{k}": v.detach().cpu().contiguous() for k, v in ckpt.raw_state.items()})
     metadata = {
         "format": FORMAT,
         "model_config": json.dumps(ckpt.config.to_dict()),
@@ -172,36 +183,44 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if len(mean) != 3 or len(std) != 3:
         raise CifarError(f"{path} is corrupt: normalization must hold three means and three stds")
     train_state = _json_field(metadata, "train_state", path) if "train_state" in metadata else None
+    def prefixed(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
     return Checkpoint(
         config=config,
-        model_state={k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+        model_state=prefixed("model."),
         epoch=epoch,
         metrics=metrics if isinstance(metrics, dict) else {},
         classes=tuple(classes),
         mean=mean,
         std=std,
         version=str(metadata.get("version", "?")),
-        optimizer_tensors={k[len("optimizer."):]: v for k, v in tensors.items() if k.startswith("optimizer.")},
+        optimizer_tensors=prefixed("optimizer."),
         train_state=train_state if isinstance(train_state, dict) else None,
+        raw_state=prefixed("raw."),
     )
 
 
-def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint") -> CifarNet:
-    """Build the network the checkpoint describes and load its weights, refusing any mismatch."""
+def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint", raw: bool = False) -> CifarNet:
+    """Build the network the checkpoint describes and load its weights, refusing any mismatch.
+
+    `raw` asks for the training weights (to resume), which differ from model_state only under an EMA.
+    """
+    state = ckpt.raw_state if raw and ckpt.raw_state else ckpt.model_state
     with torch.device("meta"):  # shapes only: a forged config cannot make us allocate a huge network
         expected = build_model(ckpt.config).state_dict()
-    missing = sorted(set(expected) - set(ckpt.model_state))
-    unexpected = sorted(set(ckpt.model_state) - set(expected))
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         raise CifarError(f"{path} does not match the {ckpt.config.arch} architecture ({what})")
     for name, want in expected.items():
-        got = ckpt.model_state[name]
+        got = state[name]
         if got.shape != want.shape or got.dtype != want.dtype:
             raise CifarError(f"{path} does not match the {ckpt.config.arch} architecture: {name} is "
                              f"{got.dtype} {tuple(got.shape)}, expected {want.dtype} {tuple(want.shape)}")
     model = build_model(ckpt.config)
-    model.load_state_dict(ckpt.model_state)
+    model.load_state_dict(state)
     return model
 
 

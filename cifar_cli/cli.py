@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -51,6 +51,10 @@ Workers = Annotated[int | None, typer.Option(
     help="Data loader worker processes [default: 0 on the CPU, which the training uses; up to 8 per GPU].")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (results are reproducible on CPU).")]
+TTA = Annotated[bool | None, typer.Option(
+    "--tta/--no-tta", show_default=False,
+    help="Flip test-time augmentation: average the logits of each image and its mirror image "
+    "[default: on].")]
 
 
 def _fails_cleanly(command: Callable) -> Callable:
@@ -216,6 +220,15 @@ def train(
                                                 "[default: 0.1].", show_default=False)] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed [default: 0]; same seed, same "
                                                 "result on CPU.", show_default=False)] = None,
+    val_split: Annotated[int | None, typer.Option(
+        "--val-split", show_default=False,
+        help="Hold out this many training images (the same ones for every seed) and pick the best epoch by "
+        "them: tune on these, keep the test set for the final figure [default: 0].")] = None,
+    ema: Annotated[float | None, typer.Option(
+        "--ema", show_default=False,
+        help="Evaluate and save an exponential moving average of the weights with this per-step decay, "
+        "e.g. 0.999 [default: 0, off].")] = None,
+    tta: TTA = None,
     device: Device = DeviceName.auto,
     data_dir: DataDir = None,
     download: Download = False,
@@ -252,13 +265,9 @@ def train(
 
     checkpoint = load_checkpoint(resume) if resume else None
     base = settings_of(checkpoint) if checkpoint else TrainSettings()
-    settings = TrainSettings(
-        epochs=base.epochs if epochs is None else epochs,
-        batch_size=base.batch_size if batch_size is None else batch_size,
-        lr=base.lr if lr is None else lr,
-        seed=base.seed if seed is None else seed,
-        momentum=base.momentum, weight_decay=base.weight_decay, label_smoothing=base.label_smoothing,
-    )
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "val_split": val_split, "ema": ema,
+             "tta": tta}
+    settings = replace(base, **{k: v for k, v in given.items() if v is not None})
     settings.validate()
     torch_device = resolve_device(device.value)
     dist = init_distributed(torch_device)
@@ -267,13 +276,17 @@ def train(
     root = _data_dir(data_dir)
     train_split = load_split(root, train=True, download_missing=download)
     test_split = load_split(root, train=False, download_missing=download)
+    settings.validate(len(train_split))
 
     console = err if as_json else out
     if dist.main:
         processes = f" x {dist.world} processes" if dist.world > 1 else ""
-        console.print(f"Training on [bold]{torch_device}{processes}[/]: {len(train_split):,} train / "
-                      f"{len(test_split):,} test images, {settings.epochs} epochs, batch {settings.batch_size}, "
-                      f"lr {settings.lr}, seed {settings.seed} -> {out_dir}"
+        held = f" / {settings.val_split:,} held-out" if settings.val_split else ""
+        console.print(f"Training on [bold]{torch_device}{processes}[/]: {len(train_split) - settings.val_split:,} "
+                      f"train{held} / {len(test_split):,} test images, {settings.epochs} epochs, "
+                      f"batch {settings.batch_size}, lr {settings.lr}, seed {settings.seed}"
+                      + (f", EMA {settings.ema}" if settings.ema else "") + (", flip TTA" if settings.tta else "")
+                      + f" -> {out_dir}"
                       + (f" (resuming {resume})" if resume else ""), soft_wrap=True)
     runtime = Runtime(workers=workers, amp=amp, compile=compile_model)
     try:
@@ -296,42 +309,132 @@ def train(
         _print_json(result.to_dict())
     else:
         final = result.history[-1]
-        out.print(f"Done: final test accuracy [bold]{100 * final.test_acc:.2f}%[/], best "
-                  f"{100 * result.best_acc:.2f}% (epoch {result.best_epoch}). Checkpoints and history.json "
-                  f"in [bold]{out_dir}[/]", soft_wrap=True)
+        best = result.history[result.best_epoch - 1]
+        held = f", held-out {100 * final.val_acc:.2f}%" if final.val_acc is not None else ""
+        judge = result.best_by.removesuffix("_acc")
+        out.print(f"Done: final test accuracy [bold]{100 * final.test_acc:.2f}%[/]{held}; best epoch by {judge} "
+                  f"accuracy: {result.best_epoch} (test {100 * best.test_acc:.2f}%). "
+                  f"Checkpoints and history.json in [bold]{out_dir}[/]", soft_wrap=True)
+
+
+CheckpointPath = Annotated[Path | None, typer.Option(
+    "--checkpoint", "-c", dir_okay=False, show_default=False,
+    help="A .safetensors checkpoint written by cifar train [default: the one shipped with cifar-cli].")]
+
+
+def _checkpoint_path(path: Path | None) -> Path:
+    from cifar_cli.checkpoint import PACKAGED_CHECKPOINT
+
+    if path is not None:
+        return path
+    if not PACKAGED_CHECKPOINT.is_file():
+        raise CifarError(f"no checkpoint given and the packaged one is missing ({PACKAGED_CHECKPOINT}); "
+                         "pass a .safetensors file written by cifar train")
+    return PACKAGED_CHECKPOINT
 
 
 @app.command("eval")
 @_fails_cleanly
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint written by cifar train.",
-                                               dir_okay=False, show_default=False)],
+    checkpoint: Annotated[Path | None, typer.Argument(
+        help="A .safetensors checkpoint written by cifar train [default: the one shipped with cifar-cli].",
+        dir_okay=False, show_default=False)] = None,
     data_dir: DataDir = None,
     download: Download = False,
     device: Device = DeviceName.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1000,
+    tta: TTA = None,
     as_json: Json = False,
 ) -> None:
     """Test loss, accuracy, per-class results and the confusion matrix of a checkpoint."""
     from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
     from cifar_cli.data import load_split
-    from cifar_cli.engine import evaluate, resolve_device
+    from cifar_cli.engine import TrainSettings, evaluate, resolve_device
     from cifar_cli.report import confusion_table, per_class_table
 
+    tta = TrainSettings().tta if tta is None else tta
+    checkpoint = _checkpoint_path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, checkpoint)
     torch_device = resolve_device(device.value)
     split = load_split(_data_dir(data_dir), train=False, download_missing=download)
     result = evaluate(model.to(torch_device), split, torch_device, batch_size=batch_size, classes=ckpt.classes,
-                      mean=ckpt.mean, std=ckpt.std)
+                      mean=ckpt.mean, std=ckpt.std, tta=tta)
     if as_json:
-        _print_json({"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "images": len(split), **result.to_dict()})
+        _print_json({"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "images": len(split), "tta": tta,
+                     **result.to_dict()})
         return
     out.print(Panel.fit(f"{checkpoint}  (epoch {ckpt.epoch}, cifar-cli {ckpt.version})\n"
-                        f"test images {len(split):,}   loss [bold]{result.loss:.4f}[/]   "
+                        f"test images {len(split):,}{' + mirror images' if tta else ''}   "
+                        f"loss [bold]{result.loss:.4f}[/]   "
                         f"accuracy [bold]{100 * result.accuracy:.2f}%[/]"))
     out.print(per_class_table(result))
     out.print(confusion_table(result))
+
+
+@app.command()
+@_fails_cleanly
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...); each is resized to 32x32.",
+                                                 dir_okay=False, show_default=False)],
+    checkpoint: CheckpointPath = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="How many classes to show per image.")] = 3,
+    device: Device = DeviceName.auto,
+    tta: TTA = None,
+    as_json: Json = False,
+) -> None:
+    """The most likely classes of each image, with their probabilities."""
+    import numpy as np
+
+    from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
+    from cifar_cli.data import load_image
+    from cifar_cli.engine import TrainSettings, resolve_device
+    from cifar_cli.engine import predict as class_probabilities
+
+    path = _checkpoint_path(checkpoint)
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path)
+    torch_device = resolve_device(device.value)
+    pixels = np.stack([load_image(p) for p in images])
+    probs = class_probabilities(model.to(torch_device), pixels, torch_device, ckpt.mean, ckpt.std,
+                                tta=TrainSettings().tta if tta is None else tta)
+    best = probs.topk(min(top, probs.shape[1]), dim=1)
+    results = [{"image": str(p), "top": [{"class": ckpt.classes[i], "probability": float(v)}
+                                          for v, i in zip(values.tolist(), indices.tolist())]}
+               for p, values, indices in zip(images, best.values, best.indices)]
+    if as_json:
+        _print_json({"checkpoint": str(path), "predictions": results})
+        return
+    for r in results:
+        guesses = "   ".join(f"{t['class']} [bold]{100 * t['probability']:.1f}%[/]" for t in r["top"])
+        out.print(f"{r['image']}: {guesses}", soft_wrap=True)
+
+
+@app.command()
+@_fails_cleanly
+def plot(
+    run: Annotated[Path, typer.Argument(help="A run folder, or its history.json.", show_default=False)],
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", "-o", dir_okay=False, show_default=False,
+        help="PNG file to write [default: curves.png next to history.json].")] = None,
+    title: Annotated[str, typer.Option("--title", help="A heading for the picture.")] = "",
+    as_json: Json = False,
+) -> None:
+    """Training curves (loss and accuracy per epoch) from a run's history.json, as a PNG."""
+    from cifar_cli.engine import read_history
+    from cifar_cli.report import write_training_curves
+
+    history = read_history(run)
+    if out_file is None:
+        out_file = (run if run.is_dir() else run.parent) / "curves.png"
+    write_training_curves(history, out_file, title)
+    last, best = history[-1], max(history, key=lambda r: r.test_acc)
+    if as_json:
+        _print_json({"out": str(out_file), "epochs": len(history), "final_test_acc": last.test_acc,
+                     "best_test_acc": best.test_acc, "best_epoch": best.epoch})
+        return
+    out.print(f"Wrote {out_file}: {len(history)} epochs, final test accuracy {100 * last.test_acc:.2f}%, "
+              f"best {100 * best.test_acc:.2f}% (epoch {best.epoch})")
 
 
 @app.command()

@@ -142,6 +142,22 @@ def load_split(data_dir: Path, train: bool, download_missing: bool = False) -> S
     return Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
+# The held-out slice is the same for every --seed, so runs with different seeds are judged on the same images.
+HOLD_OUT_SEED = 20_240_601
+
+
+def hold_out(split: Split, count: int) -> tuple[Split, Split]:
+    """(rest, held out): `count` images drawn at random, once and for all, to judge settings by.
+
+    The test set is only for the final figure; choices made by looking at it would flatter it.
+    """
+    if not 0 <= count < len(split):
+        raise CifarError(f"--val-split must be between 0 and {len(split) - 1} images, not {count}")
+    order = np.random.default_rng(HOLD_OUT_SEED).permutation(len(split))
+    rest, held = np.sort(order[count:]), np.sort(order[:count])
+    return (Split(split.images[rest], split.labels[rest]), Split(split.images[held], split.labels[held]))
+
+
 def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from (run seed, epoch, ...), so each piece of randomness stands alone."""
     return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)

@@ -10,6 +10,7 @@ augmentation and dropout are seeded from (seed, epoch, batch), never from proces
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
@@ -37,7 +39,17 @@ from cifar_cli.checkpoint import (
     unflatten_optimizer,
     write_atomic,
 )
-from cifar_cli.data import CLASSES, MEAN, STD, AugmentedBatches, EpochBatches, Split, batches_in_order, derive_seed
+from cifar_cli.data import (
+    CLASSES,
+    MEAN,
+    STD,
+    AugmentedBatches,
+    EpochBatches,
+    Split,
+    batches_in_order,
+    derive_seed,
+    hold_out,
+)
 from cifar_cli.errors import CifarError
 from cifar_cli.models import NetConfig, build_model
 
@@ -137,8 +149,12 @@ class TrainSettings:
     weight_decay: float = 5e-4  # on conv/linear weights only, not BatchNorm or biases
     label_smoothing: float = 0.1
     seed: int = 0
+    val_split: int = 0  # training images held out to judge settings by (0: train on all 50,000)
+    ema: float = 0.0  # per-step decay of a weight average that is evaluated and saved instead (0: off)
+    tta: bool = True  # evaluate on each image and its mirror image, averaging the logits (+0.4 pt held-out)
 
-    def validate(self) -> None:
+    def validate(self, train_size: int | None = None) -> None:
+        """Refuse impossible settings; `train_size` also bounds the held-out slice."""
         if self.epochs < 1:
             raise CifarError(f"--epochs must be at least 1, not {self.epochs}")
         if self.batch_size < 1:
@@ -147,13 +163,19 @@ class TrainSettings:
             raise CifarError(f"--lr must be a positive number, not {self.lr}")
         if self.seed < 0:
             raise CifarError(f"--seed must be >= 0, not {self.seed}")
+        if self.val_split < 0 or (train_size is not None and self.val_split >= train_size):
+            bound = f" and below the {train_size:,} training images" if train_size is not None else ""
+            raise CifarError(f"--val-split must be >= 0{bound}, not {self.val_split}")
+        if not 0 <= self.ema < 1:
+            raise CifarError(f"--ema must be a decay in [0, 1) (0 turns it off), not {self.ema}")
 
 
 def _well_typed(settings: TrainSettings) -> bool:
-    """Every field holds its kind of number (ints stay ints; a float field also takes an int)."""
+    """Every field holds its kind of value (ints stay ints; a float field also takes an int; flags are bools)."""
     for f in fields(settings):
-        value, wanted = getattr(settings, f.name), (int, float) if isinstance(f.default, float) else int
-        if isinstance(value, bool) or not isinstance(value, wanted):
+        value, default = getattr(settings, f.name), f.default
+        wanted = bool if isinstance(default, bool) else (int, float) if isinstance(default, float) else int
+        if isinstance(value, bool) != (wanted is bool) or not isinstance(value, wanted):
             return False
     return True
 
@@ -205,6 +227,13 @@ class EpochRecord:
     lr: float
     seconds: float
     images: int  # training images seen this epoch, all processes together
+    val_loss: float | None = None  # on the held-out slice, when --val-split is given
+    val_acc: float | None = None
+
+    @property
+    def score(self) -> float:
+        """What picks the best epoch: held-out accuracy when there is a held-out slice, else test accuracy."""
+        return self.test_acc if self.val_acc is None else self.val_acc
 
 
 @dataclass
@@ -212,11 +241,15 @@ class TrainResult:
     history: list[EpochRecord]
     out_dir: Path
     best_epoch: int
-    best_acc: float
+    best_acc: float  # the best epoch's score (val_acc with --val-split, else test_acc)
+
+    @property
+    def best_by(self) -> str:
+        return "val_acc" if self.history and self.history[-1].val_acc is not None else "test_acc"
 
     def to_dict(self) -> dict[str, Any]:
         return {"history": [asdict(r) for r in self.history], "out_dir": str(self.out_dir),
-                "best_epoch": self.best_epoch, "best_acc": self.best_acc,
+                "best_epoch": self.best_epoch, "best_acc": self.best_acc, "best_by": self.best_by,
                 "last": str(self.out_dir / "last.safetensors"), "best": str(self.out_dir / "best.safetensors")}
 
 
@@ -251,10 +284,18 @@ def _to_device(images: torch.Tensor, device: torch.device, mean: tuple[float, ..
     return normalize(images, mean, std).contiguous(memory_format=_memory_format(device))
 
 
+def _logits(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    logits = model(x).float()
+    if tta:  # the network trained on mirrored images too, so the mirror image is a second opinion
+        logits = (logits + model(x.flip(3)).float()) / 2
+    return logits
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000,
              classes: tuple[str, ...] = CLASSES, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD,
-             amp: bool = False) -> EvalResult:
+             amp: bool = False, tta: bool = False) -> EvalResult:
+    """Loss, accuracy and confusion matrix; with `tta`, logits are averaged over each image and its mirror."""
     was_training = model.training
     model.eval()
     n = len(classes)
@@ -263,7 +304,7 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
     for images, labels in batches_in_order(split, batch_size):
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(_to_device(images, device, mean, std)).float()
+            logits = _logits(model, _to_device(images, device, mean, std), tta)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         confusion += torch.bincount(labels * n + logits.argmax(1), minlength=n * n)
     model.train(was_training)
@@ -273,6 +314,15 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
                       confusion=matrix.tolist(), classes=classes)
 
 
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, device: torch.device, mean: tuple[float, ...] = MEAN,
+            std: tuple[float, ...] = STD, tta: bool = False) -> torch.Tensor:
+    """Class probabilities (N x classes) for uint8 N x H x W x 3 RGB images."""
+    model.eval()
+    x = _to_device(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), device, mean, std)
+    return _logits(model, x, tta).softmax(1).cpu()
+
+
 # --- training ----------------------------------------------------------------------------------------
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -280,6 +330,29 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights and BatchNorm statistics, after every step.
+
+    The decay warms up as (1 + n) / (10 + n) so the early, random weights are forgotten quickly. It
+    depends only on the step count n, so a resumed run averages exactly as an uninterrupted one.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+        sources, targets = list(model.state_dict().values()), list(self.model.state_dict().values())
+        floating = [i for i, t in enumerate(sources) if t.is_floating_point()]
+        self._sources, self._targets = [sources[i] for i in floating], [targets[i] for i in floating]
+        self._counters = [(sources[i], targets[i]) for i in range(len(sources)) if i not in set(floating)]
+
+    @torch.no_grad()
+    def update(self, steps_done: int) -> None:
+        decay = min(self.decay, (1 + steps_done) / (10 + steps_done))
+        torch._foreach_lerp_(self._targets, self._sources, 1 - decay)
+        for source, target in self._counters:
+            target.copy_(source)
 
 
 @dataclass
@@ -372,12 +445,13 @@ def train(
 
     Raises TrainingInterrupted after saving, on SIGINT/SIGTERM; CifarError on bad input or divergence.
     """
-    settings.validate()
+    settings.validate(len(train_split))
     runtime, dist = runtime or Runtime(), dist or Distributed()
     observer = observer if (observer is not None and dist.main) else _Silent()
     out_dir = Path(out_dir)
 
     run, optimizer_meta = _Run(settings=asdict(settings)), None
+    train_split, val_split = hold_out(train_split, settings.val_split) if settings.val_split else (train_split, None)
     if resume is not None:
         settings_of(resume)  # refuses weights-only checkpoints
         state = dict(resume.train_state)
@@ -386,9 +460,10 @@ def train(
             run = _Run(**state)
         except TypeError:
             raise CifarError("the checkpoint's training state is incomplete; it cannot be resumed") from None
-        if run.settings != asdict(settings):
+        stored = asdict(settings_of(resume))
+        if stored != asdict(settings):
             raise CifarError("a resumed run keeps its settings; these differ from the checkpoint's: "
-                             + ", ".join(k for k, v in asdict(settings).items() if run.settings.get(k) != v))
+                             + ", ".join(k for k, v in asdict(settings).items() if stored[k] != v))
         model_config = resume.config
     model_config = model_config or NetConfig()
 
@@ -401,8 +476,12 @@ def train(
     memory_format = _memory_format(device)
 
     torch.manual_seed(settings.seed)
-    model = model_from_checkpoint(resume) if resume is not None else build_model(model_config)
+    model = model_from_checkpoint(resume, raw=True) if resume is not None else build_model(model_config)
     model.to(device, memory_format=memory_format)
+    average = WeightAverage(model, settings.ema) if settings.ema else None
+    if average is not None and resume is not None:
+        average.model.load_state_dict(model_from_checkpoint(resume).state_dict())
+    judged = average.model if average is not None else model  # the weights that are evaluated and saved
     plan = EpochBatches(len(train_split), settings.batch_size, settings.seed, dist.rank, dist.world)
     steps_per_epoch = plan.batches_per_epoch()
     optimizer = torch.optim.SGD(_param_groups(model, settings.weight_decay), lr=settings.lr,
@@ -439,7 +518,8 @@ def train(
         run.history, run.scheduler, run.position = [asdict(r) for r in history], scheduler.state_dict(), position
         opt_tensors, opt_meta = flatten_optimizer(optimizer)
         save_checkpoint(out_dir / "last.safetensors", Checkpoint(
-            model_config, model.state_dict(), epoch=epoch, metrics=metrics,
+            model_config, judged.state_dict(), epoch=epoch, metrics=metrics,
+            raw_state=model.state_dict() if average is not None else {},
             optimizer_tensors=opt_tensors, train_state={**asdict(run), "optimizer": opt_meta}))
 
     with ExitStack() as stack:
@@ -473,6 +553,8 @@ def train(
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                if average is not None:
+                    average.update((epoch - 1) * steps_per_epoch + step)
                 loss_sum += loss.detach() * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
@@ -497,17 +579,19 @@ def train(
 
             loss_total, correct_total, seen_total = _sum_across(dist, device, loss_sum, correct, float(seen))
             if dist.main:
-                result = evaluate(model, test_split, device, amp=amp)
+                result = evaluate(judged, test_split, device, amp=amp, tta=settings.tta)
+                held = evaluate(judged, val_split, device, amp=amp, tta=settings.tta) if val_split else None
                 record = EpochRecord(
                     epoch=epoch, train_loss=loss_total.item() / seen_total.item(),
                     train_acc=correct_total.item() / seen_total.item(), test_loss=result.loss,
                     test_acc=result.accuracy, lr=optimizer.param_groups[0]["lr"],
-                    seconds=time.perf_counter() - started, images=int(seen_total.item()))
+                    seconds=time.perf_counter() - started, images=int(seen_total.item()),
+                    val_loss=held.loss if held else None, val_acc=held.accuracy if held else None)
                 history.append(record)
-                if record.test_acc > run.best_acc:
-                    run.best_epoch, run.best_acc = epoch, record.test_acc
+                if record.score > run.best_acc:
+                    run.best_epoch, run.best_acc = epoch, record.score
                     save_checkpoint(out_dir / "best.safetensors", Checkpoint(
-                        model_config, model.state_dict(), epoch=epoch, metrics=_metrics(record)))
+                        model_config, judged.state_dict(), epoch=epoch, metrics=_metrics(record)))
                 save_last(epoch, None, _metrics(record))
                 write_history(out_dir / "history.json", history)
                 observer.epoch_end(record)
@@ -523,8 +607,8 @@ def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
 
 
 def _metrics(record: EpochRecord) -> dict[str, float]:
-    return {"test_acc": record.test_acc, "test_loss": record.test_loss,
-            "train_acc": record.train_acc, "train_loss": record.train_loss}
+    keys = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
+    return {k: getattr(record, k) for k in keys if getattr(record, k) is not None}
 
 
 def write_history(path: Path, history: list[EpochRecord]) -> None:
@@ -532,6 +616,22 @@ def write_history(path: Path, history: list[EpochRecord]) -> None:
         write_atomic(path, (json.dumps([asdict(r) for r in history], indent=1) + "\n").encode())
     except OSError as e:
         raise CifarError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def read_history(path: Path) -> list[EpochRecord]:
+    """A run's history.json (or the run folder holding it) as records."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "history.json"
+    try:
+        rows = json.loads(path.read_text())
+        return [EpochRecord(**row) for row in rows]
+    except FileNotFoundError:
+        raise CifarError(f"history not found: {path}") from None
+    except OSError as e:
+        raise CifarError(f"cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, TypeError):
+        raise CifarError(f"{path} is not a cifar train history.json") from None
 
 
 def ensure_writable(out_dir: Path) -> None:

@@ -80,8 +80,9 @@ def confusion_table(result: EvalResult) -> Table:
 
 def epoch_line(r: EpochRecord, epochs: int) -> str:
     width = len(str(epochs))
+    held = f"val loss {r.val_loss:.4f} acc {100 * r.val_acc:5.2f}%  " if r.val_acc is not None else ""
     return (f"epoch {r.epoch:>{width}}/{epochs}  train loss {r.train_loss:.4f} acc {100 * r.train_acc:5.2f}%  "
-            f"test loss {r.test_loss:.4f} acc {100 * r.test_acc:5.2f}%  lr {r.lr:.5f}  {r.seconds:.1f}s")
+            f"{held}test loss {r.test_loss:.4f} acc {100 * r.test_acc:5.2f}%  lr {r.lr:.5f}  {r.seconds:.1f}s")
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -115,3 +116,46 @@ def write_image_grid(rows: list[tuple[str, np.ndarray, list[np.ndarray]]], path:
         canvas.save(path, format="PNG")
     except (OSError, ValueError) as e:
         raise CifarError(f"cannot write {path}: {e}") from None
+
+
+def write_training_curves(history: list[EpochRecord], path: Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, train / held-out / test, side by side, as a PNG."""
+    if not history:
+        raise CifarError("nothing to draw: the history has no epochs")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    epochs = [r.epoch for r in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    series = [("train", "train", "tab:blue"), ("val", "held-out", "tab:green"), ("test", "test", "tab:orange")]
+    for prefix, label, color in series:
+        losses = [getattr(r, f"{prefix}_loss") for r in history]
+        if any(v is None for v in losses):
+            continue
+        loss_ax.plot(epochs, losses, label=label, color=color)
+        acc_ax.plot(epochs, [100 * getattr(r, f"{prefix}_acc") for r in history], label=label, color=color)
+    last = history[-1]
+    best = max(history, key=lambda r: r.test_acc)
+    acc_ax.axhline(100 * last.test_acc, color="tab:orange", linestyle=":", linewidth=1)
+    acc_ax.annotate(f"final test {100 * last.test_acc:.2f}%", (last.epoch, 100 * last.test_acc),
+                    textcoords="offset points", xytext=(-8, -14), ha="right", fontsize=9)
+    loss_ax.set(xlabel="epoch", ylabel="loss (train: with label smoothing)", title="Loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"Accuracy (best test {100 * best.test_acc:.2f}%, "
+               f"epoch {best.epoch})")
+    low = min(100 * min(r.train_acc, r.test_acc) for r in history[len(history) // 4:])
+    acc_ax.set_ylim(max(0.0, low - 5), 100)
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    except (OSError, ValueError) as e:
+        raise CifarError(f"cannot write {path}: {e}") from None
+    finally:
+        plt.close(fig)

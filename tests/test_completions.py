@@ -32,7 +32,8 @@ def test_completion_offers_commands_and_options() -> None:
         cword = str(len(words.split()) - 1)
         return _run({"_CIFAR_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}).split()
 
-    assert set(complete("cifar ''")) >= {"summary", "receptive-field", "augment-preview", "train", "eval"}
+    assert set(complete("cifar ''")) >= {"summary", "receptive-field", "augment-preview", "train", "eval", "predict",
+                                     "plot"}
     assert complete("cifar rec") == ["receptive-field"]
     assert "--resume" in complete("cifar train --re")
     assert complete("cifar train --device c") == ["cuda", "cpu"]

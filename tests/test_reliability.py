@@ -245,3 +245,19 @@ def test_a_damaged_training_state_cannot_be_resumed(trained_run: Path, tiny_data
         damaged = tmp_path / "last.safetensors"
         save_file(tensors, damaged, metadata={**meta, "train_state": json.dumps({**state, **damage})})
         assert_clean_error(cli("train", "--resume", damaged, "--data-dir", tiny_data, "--device", "cpu"), words)
+
+
+def test_a_run_with_a_weight_average_resumes_to_the_same_run(splits: tuple, tmp_path: Path) -> None:
+    settings = TrainSettings(epochs=2, batch_size=16, lr=0.05, seed=2, ema=0.9)
+    train(settings, *splits, tmp_path / "whole", CPU)
+    with pytest.raises(TrainingInterrupted):
+        train(settings, *splits, tmp_path / "cut", CPU, observer=_SignalAt(signal.SIGINT, epoch=2, step=10))
+    resumed = train(settings, *splits, tmp_path / "cut", CPU,
+                    resume=load_checkpoint(tmp_path / "cut" / "last.safetensors"))
+    assert resumed.history[-1].epoch == 2
+    _assert_same_run(tmp_path / "cut", tmp_path / "whole")  # the history and the averaged weights
+    whole, cut = (load_checkpoint(tmp_path / run / "last.safetensors") for run in ("whole", "cut"))
+    assert all(torch.equal(whole.raw_state[k], cut.raw_state[k]) for k in whole.raw_state)
+    # The average is a different set of weights from the training ones, and it is what was evaluated.
+    assert not torch.equal(whole.raw_state["head.2.weight"], whole.model_state["head.2.weight"])
+    assert whole.metrics["test_acc"] == _history(tmp_path / "whole")[-1]["test_acc"]

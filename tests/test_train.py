@@ -13,7 +13,8 @@ from cifar_cli.checkpoint import load_checkpoint
 from cifar_cli.data import load_split
 from cifar_cli.engine import TrainSettings, train
 
-RESULT_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images"}
+RESULT_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images", "val_loss",
+               "val_acc"}
 
 
 def _history(out: Path) -> list[dict]:

@@ -1,0 +1,124 @@
+"""Judging and using a trained network: the held-out slice, flip TTA, predict, curves, the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TRAIN_ARGS, assert_clean_error, cli
+from PIL import Image
+
+import cifar_cli.checkpoint as checkpoint_module
+from cifar_cli.checkpoint import PACKAGED_CHECKPOINT, load_checkpoint, model_from_checkpoint
+from cifar_cli.data import CLASSES, Split, hold_out, load_split
+from cifar_cli.engine import TrainSettings, evaluate, predict
+from cifar_cli.rules import check_rules
+
+CPU = torch.device("cpu")
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_held_out_slice_is_fixed_disjoint_and_picks_the_best_epoch(tiny_data: Path, tmp_path: Path) -> None:
+    split = load_split(tiny_data, train=True)
+    rest, held = hold_out(split, 50)
+    again_rest, again_held = hold_out(split, 50)
+    assert len(rest) == 250 and len(held) == 50
+    assert np.array_equal(held.images, again_held.images) and np.array_equal(rest.labels, again_rest.labels)
+    every = {image.tobytes() for image in split.images}
+    held_bytes, rest_bytes = {image.tobytes() for image in held.images}, {image.tobytes() for image in rest.images}
+    assert not held_bytes & rest_bytes and held_bytes | rest_bytes == every
+
+    result = cli("train", "--epochs", "3", "--val-split", "50", "--data-dir", tiny_data, "--out", tmp_path,
+                 "--seed", "1", "--json", *TRAIN_ARGS)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    history = report["history"]
+    assert all(r["images"] == 250 and 0 <= r["val_acc"] <= 1 for r in history)
+    best = max(history, key=lambda r: r["val_acc"])  # the first of equals, as training keeps the first
+    assert (report["best_by"], report["best_epoch"]) == ("val_acc", best["epoch"])
+    assert load_checkpoint(tmp_path / "best.safetensors").epoch == best["epoch"]
+    assert "250 train / 50 held-out" in " ".join(result.stderr.split())
+
+    assert_clean_error(cli("train", "--val-split", "300", "--data-dir", tiny_data, "--out", tmp_path / "x"),
+                       "--val-split", "300")
+
+
+def _model(run: Path) -> torch.nn.Module:
+    return model_from_checkpoint(load_checkpoint(run / "best.safetensors"))
+
+
+def test_flip_tta_treats_an_image_and_its_mirror_alike(trained_run: Path, tiny_data: Path) -> None:
+    model, test = _model(trained_run), load_split(tiny_data, train=False)
+    mirrored = np.ascontiguousarray(test.images[:, :, ::-1])
+    with_tta = predict(model, test.images, CPU, tta=True)
+    assert torch.allclose(with_tta, predict(model, mirrored, CPU, tta=True), atol=1e-6)
+    assert not torch.allclose(with_tta, predict(model, test.images, CPU, tta=False), atol=1e-3)
+    # evaluate() and predict() agree on what TTA decides.
+    accuracy = (with_tta.argmax(1).numpy() == test.labels).mean()
+    assert evaluate(model, test, CPU, tta=True).accuracy == pytest.approx(accuracy)
+
+
+def test_predict_reads_image_files_like_the_dataset(trained_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    test = load_split(tiny_data, train=False)
+    files = []
+    for i in range(12):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(test.images[i]).save(files[-1])
+    result = cli("predict", *files, "--checkpoint", trained_run / "best.safetensors", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    predictions = json.loads(result.stdout)["predictions"]
+    assert [p["image"] for p in predictions] == [str(f) for f in files]
+    for p in predictions:
+        probabilities = [t["probability"] for t in p["top"]]
+        assert len(p["top"]) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert 0 < sum(probabilities) <= 1 + 1e-6 and all(t["class"] in CLASSES for t in p["top"])
+    top1 = np.array([CLASSES.index(p["top"][0]["class"]) for p in predictions])
+    first = Split(test.images[:12], test.labels[:12])
+    expected = evaluate(_model(trained_run), first, CPU, tta=TrainSettings().tta).accuracy
+    assert (top1 == first.labels).mean() == pytest.approx(expected)
+
+    table = cli("predict", files[0], "-k", "2", "--checkpoint", trained_run / "best.safetensors", "--no-tta")
+    assert table.exit_code == 0 and str(files[0]) in table.stdout and len(re.findall(r"\d%", table.stdout)) == 2
+    assert_clean_error(cli("predict", tmp_path / "nope.png", "--checkpoint", trained_run / "best.safetensors"),
+                       "image not found")
+
+
+def test_without_a_packaged_checkpoint_eval_and_predict_say_so(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoint_module, "PACKAGED_CHECKPOINT", tmp_path / "gone.safetensors")
+    assert_clean_error(cli("eval"), "packaged one is missing")
+    assert_clean_error(cli("predict", tmp_path / "x.png"), "packaged one is missing")
+
+
+def test_plot_draws_the_curves_of_a_run(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "curves.png"
+    result = cli("plot", trained_run, "--out", out, "--title", "tiny run")
+    assert result.exit_code == 0, result.stderr
+    with Image.open(out) as picture:
+        assert picture.format == "PNG" and picture.size[0] > 2 * picture.size[1] > 600
+    shutil.copy(trained_run / "history.json", tmp_path / "history.json")
+    report = json.loads(cli("plot", tmp_path / "history.json", "--json").stdout)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert report["out"] == str(tmp_path / "curves.png") and (tmp_path / "curves.png").is_file()
+    assert (report["epochs"], report["final_test_acc"]) == (len(history), history[-1]["test_acc"])
+    (tmp_path / "broken.json").write_text('{"epoch": 1}')
+    assert_clean_error(cli("plot", tmp_path / "broken.json"), "not a cifar train history.json")
+    assert_clean_error(cli("plot", tmp_path / "missing"), "history not found")
+
+
+def test_the_packaged_checkpoint_is_the_result_the_readme_states(tiny_data: Path) -> None:
+    ckpt = load_checkpoint(PACKAGED_CHECKPOINT)
+    assert PACKAGED_CHECKPOINT.stat().st_size < 1_000_000
+    assert ckpt.epoch == 40 and ckpt.train_state is None and not ckpt.optimizer_tensors and not ckpt.raw_state
+    assert all(rule.passed for rule in check_rules(model_from_checkpoint(ckpt)))
+    assert ckpt.metrics["test_acc"] >= 0.90
+    assert f"{100 * ckpt.metrics['test_acc']:.2f}%" in README.read_text()
+
+    result = cli("eval", "--data-dir", tiny_data, "--device", "cpu", "--json")  # no path: the packaged one
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["checkpoint"] == str(PACKAGED_CHECKPOINT)
