@@ -343,9 +343,10 @@ class WeightAverage:
         self.decay = decay
         self.model = copy.deepcopy(model).requires_grad_(False).eval()
         sources, targets = list(model.state_dict().values()), list(self.model.state_dict().values())
-        floating = [i for i, t in enumerate(sources) if t.is_floating_point()]
-        self._sources, self._targets = [sources[i] for i in floating], [targets[i] for i in floating]
-        self._counters = [(sources[i], targets[i]) for i in range(len(sources)) if i not in set(floating)]
+        pairs = list(zip(sources, targets))
+        self._sources = [s for s, _ in pairs if s.is_floating_point()]
+        self._targets = [t for s, t in pairs if s.is_floating_point()]
+        self._counters = [(s, t) for s, t in pairs if not s.is_floating_point()]  # BatchNorm's batch count
 
     @torch.no_grad()
     def update(self, steps_done: int) -> None:
@@ -453,14 +454,13 @@ def train(
     run, optimizer_meta = _Run(settings=asdict(settings)), None
     train_split, val_split = hold_out(train_split, settings.val_split) if settings.val_split else (train_split, None)
     if resume is not None:
-        settings_of(resume)  # refuses weights-only checkpoints
+        stored = asdict(settings_of(resume))  # refuses weights-only checkpoints
         state = dict(resume.train_state)
         optimizer_meta = state.pop("optimizer", None)
         try:
             run = _Run(**state)
         except TypeError:
             raise CifarError("the checkpoint's training state is incomplete; it cannot be resumed") from None
-        stored = asdict(settings_of(resume))
         if stored != asdict(settings):
             raise CifarError("a resumed run keeps its settings; these differ from the checkpoint's: "
                              + ", ".join(k for k, v in asdict(settings).items() if stored[k] != v))
