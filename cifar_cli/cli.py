@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cifar_cli import __version__
 from cifar_cli.errors import CifarError
+
+if TYPE_CHECKING:  # the commands import the heavy modules (torch) only when they run
+    import torch
+
+    from cifar_cli.checkpoint import Checkpoint
+    from cifar_cli.models import CifarNet
 
 app = typer.Typer(
     name="cifar",
@@ -322,15 +328,22 @@ CheckpointPath = Annotated[Path | None, typer.Option(
     help="A .safetensors checkpoint written by cifar train [default: the one shipped with cifar-cli].")]
 
 
-def _checkpoint_path(path: Path | None) -> Path:
-    from cifar_cli.checkpoint import PACKAGED_CHECKPOINT
+def _load_model(path: Path | None, device: DeviceName,
+                tta: bool | None) -> tuple[Path, Checkpoint, CifarNet, torch.device, bool]:
+    """What eval and predict share: the checkpoint (the packaged one by default), its network on the
+    device, and the TTA choice (the training default unless given)."""
+    from cifar_cli.checkpoint import PACKAGED_CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from cifar_cli.engine import TrainSettings, resolve_device
 
-    if path is not None:
-        return path
-    if not PACKAGED_CHECKPOINT.is_file():
-        raise CifarError(f"no checkpoint given and the packaged one is missing ({PACKAGED_CHECKPOINT}); "
-                         "pass a .safetensors file written by cifar train")
-    return PACKAGED_CHECKPOINT
+    if path is None:
+        if not PACKAGED_CHECKPOINT.is_file():
+            raise CifarError(f"no checkpoint given and the packaged one is missing ({PACKAGED_CHECKPOINT}); "
+                             "pass a .safetensors file written by cifar train")
+        path = PACKAGED_CHECKPOINT
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path)
+    torch_device = resolve_device(device.value)
+    return path, ckpt, model.to(torch_device), torch_device, TrainSettings().tta if tta is None else tta
 
 
 @app.command("eval")
@@ -347,18 +360,13 @@ def eval_command(
     as_json: Json = False,
 ) -> None:
     """Test loss, accuracy, per-class results and the confusion matrix of a checkpoint."""
-    from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
     from cifar_cli.data import load_split
-    from cifar_cli.engine import TrainSettings, evaluate, resolve_device
+    from cifar_cli.engine import evaluate
     from cifar_cli.report import confusion_table, per_class_table
 
-    tta = TrainSettings().tta if tta is None else tta
-    checkpoint = _checkpoint_path(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, checkpoint)
-    torch_device = resolve_device(device.value)
+    checkpoint, ckpt, model, torch_device, tta = _load_model(checkpoint, device, tta)
     split = load_split(_data_dir(data_dir), train=False, download_missing=download)
-    result = evaluate(model.to(torch_device), split, torch_device, batch_size=batch_size, classes=ckpt.classes,
+    result = evaluate(model, split, torch_device, batch_size=batch_size, classes=ckpt.classes,
                       mean=ckpt.mean, std=ckpt.std, tta=tta)
     if as_json:
         _print_json({"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "images": len(split), "tta": tta,
@@ -386,18 +394,12 @@ def predict(
     """The most likely classes of each image, with their probabilities."""
     import numpy as np
 
-    from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
     from cifar_cli.data import load_image
-    from cifar_cli.engine import TrainSettings, resolve_device
     from cifar_cli.engine import predict as class_probabilities
 
-    path = _checkpoint_path(checkpoint)
-    ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, path)
-    torch_device = resolve_device(device.value)
+    path, ckpt, model, torch_device, tta = _load_model(checkpoint, device, tta)
     pixels = np.stack([load_image(p) for p in images])
-    probs = class_probabilities(model.to(torch_device), pixels, torch_device, ckpt.mean, ckpt.std,
-                                tta=TrainSettings().tta if tta is None else tta)
+    probs = class_probabilities(model, pixels, torch_device, ckpt.mean, ckpt.std, tta=tta)
     best = probs.topk(min(top, probs.shape[1]), dim=1)
     results = [{"image": str(p), "top": [{"class": ckpt.classes[i], "probability": float(v)}
                                           for v, i in zip(values.tolist(), indices.tolist())]}
