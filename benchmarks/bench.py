@@ -34,8 +34,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from cifar_cli.augment import BatchAugmenter, train_pipeline
 from cifar_cli.data import MEAN, STD, AugmentedBatches, EpochBatches, Split, load_split
-from cifar_cli.engine import Runtime, TrainSettings, _memory_format, _to_device, resolve_device, train
-from cifar_cli.models import build_model
+from cifar_cli.engine import autocast, to_device, train
+from cifar_cli.models import create_model, preset_spec
+from cifar_cli.runtime import Runtime, memory_format, resolve_device
+from cifar_cli.settings import TrainSettings
 
 CV2_DEFAULT_THREADS = cv2.getNumThreads()
 
@@ -62,7 +64,7 @@ class SeedDataset(Dataset):
 def seed_epoch(train_split: Split, test_split: Split, device: torch.device, settings: TrainSettings) -> float:
     """One epoch of a typical first training script; returns its seconds."""
     torch.manual_seed(settings.seed)
-    model = build_model().to(device)
+    model = create_model(preset_spec()).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, nesterov=True,
                                 weight_decay=settings.weight_decay)
     loader = DataLoader(SeedDataset(train_split, seed_pipeline(True)), batch_size=settings.batch_size, shuffle=True)
@@ -123,17 +125,17 @@ def loader_rate(split: Split, workers: int, batches: int) -> float:
 
 def step_rate(device: torch.device, ours: bool, steps: int = 20, batch: int = 128) -> float:
     torch.manual_seed(0)
-    model = build_model()
-    fmt = _memory_format(device) if ours else torch.contiguous_format
+    model = create_model(preset_spec())
+    fmt = memory_format(device) if ours else torch.contiguous_format
     model.to(device, memory_format=fmt)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
     labels = torch.randint(0, 10, (batch,), device=device)
-    amp = Runtime().autocast(device) if ours else False
+    amp_dtype = Runtime().amp_dtype(device) if ours else None
 
     def step() -> None:
-        x = _to_device(images, device, MEAN, STD) if ours else images.float().div(255).to(device).contiguous()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        x = to_device(images, device) if ours else images.float().div(255).to(device).contiguous()
+        with autocast(device, amp_dtype):
             loss = F.cross_entropy(model(x).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

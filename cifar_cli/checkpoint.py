@@ -21,11 +21,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
+from torch import nn
 
 from cifar_cli import __version__
 from cifar_cli.data import CLASSES, MEAN, STD
 from cifar_cli.errors import CifarError
-from cifar_cli.models import CifarNet, NetConfig, build_model
+from cifar_cli.models import DEFAULT_MODEL, ModelSpec, create_model, preset_spec
 
 FORMAT = "cifar-cli/1"
 # The 40-epoch default run whose figures the README states, shipped inside the package.
@@ -34,7 +35,7 @@ PACKAGED_CHECKPOINT = Path(__file__).parent / "weights" / "cifarnet-ds-40ep.safe
 
 @dataclass
 class Checkpoint:
-    config: NetConfig
+    model: ModelSpec  # which network: a preset and its settings, or the user's FILE.py:NAME
     model_state: dict[str, torch.Tensor]
     epoch: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +90,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     tensors.update({f"raw.{k}": v.detach().cpu().contiguous() for k, v in ckpt.raw_state.items()})
     metadata = {
         "format": FORMAT,
-        "model_config": json.dumps(ckpt.config.to_dict()),
+        "model": json.dumps(ckpt.model.to_dict()),
         "epoch": str(ckpt.epoch),
         "metrics": json.dumps(ckpt.metrics),
         "classes": json.dumps(list(ckpt.classes)),
@@ -139,6 +140,20 @@ def _is_pickle(path: Path, raw: bytes) -> bool:
     return raw[:1] == b"\x80" and raw[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and raw[8:9] != b"{"
 
 
+def _model_spec(metadata: dict[str, str], path: Path) -> ModelSpec:
+    """The network a checkpoint holds. Files before cifar-cli 0.2 wrote `model_config`, always cifarnet-ds."""
+    try:
+        if "model" in metadata or "model_config" not in metadata:
+            return ModelSpec.from_dict(_json_field(metadata, "model", path))
+        legacy = _json_field(metadata, "model_config", path)
+        if not isinstance(legacy, dict) or legacy.get("arch", DEFAULT_MODEL) != DEFAULT_MODEL:
+            raise ValueError(f"architecture {legacy.get('arch') if isinstance(legacy, dict) else legacy!r} "
+                             f"is not {DEFAULT_MODEL!r}")
+        return ModelSpec.from_dict({"name": DEFAULT_MODEL, "config": {k: v for k, v in legacy.items() if k != "arch"}})
+    except ValueError as e:
+        raise CifarError(f"{path} is for another architecture: {e}") from None
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and validate a checkpoint; any problem becomes a CifarError with a one-line reason."""
     path = Path(path)
@@ -162,10 +177,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
         raise CifarError(f"{path} is corrupt: {e}") from None
 
-    try:
-        config = NetConfig.from_dict(_json_field(metadata, "model_config", path))
-    except ValueError as e:
-        raise CifarError(f"{path} is for another architecture: {e}") from None
+    model = _model_spec(metadata, path)
     try:
         epoch = int(metadata.get("epoch", "0"))
     except ValueError:
@@ -173,9 +185,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     metrics = _json_field(metadata, "metrics", path)
     classes = _json_field(metadata, "classes", path)
     norm = _json_field(metadata, "normalization", path)
-    if not (isinstance(classes, list) and len(classes) == config.num_classes
-            and all(isinstance(c, str) for c in classes)):
-        raise CifarError(f"{path} is corrupt: class names do not match its {config.num_classes} classes")
+    num_classes = model.config.get("num_classes", len(CLASSES))
+    if not (isinstance(classes, list) and len(classes) == num_classes and all(isinstance(c, str) for c in classes)):
+        raise CifarError(f"{path} is corrupt: class names do not match its {num_classes} classes")
     try:
         mean, std = tuple(float(x) for x in norm["mean"]), tuple(float(x) for x in norm["std"])
     except (KeyError, TypeError, ValueError):
@@ -187,7 +199,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     return Checkpoint(
-        config=config,
+        model=model,
         model_state=prefixed("model."),
         epoch=epoch,
         metrics=metrics if isinstance(metrics, dict) else {},
@@ -201,30 +213,50 @@ def load_checkpoint(path: Path) -> Checkpoint:
     )
 
 
-def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint", raw: bool = False) -> CifarNet:
+def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint", raw: bool = False,
+                          given: ModelSpec | None = None) -> nn.Module:
     """Build the network the checkpoint describes and load its weights, refusing any mismatch.
 
-    `raw` asks for the training weights (to resume), which differ from model_state only under an EMA.
+    A preset is rebuilt from the file alone. A user network is rebuilt only from `given`, the --model the
+    user typed: a checkpoint is never a reason to import code. `raw` asks for the training weights (to
+    resume), which differ from model_state only under an EMA.
     """
+    spec = _spec_to_build(ckpt.model, given, path)
     state = ckpt.raw_state if raw and ckpt.raw_state else ckpt.model_state
-    with torch.device("meta"):  # shapes only: a forged config cannot make us allocate a huge network
-        expected = build_model(ckpt.config).state_dict()
+    if spec.is_preset:
+        with torch.device("meta"):  # shapes only: a forged config cannot make us allocate a huge network
+            expected = create_model(spec).state_dict()
+    else:
+        expected = (model := create_model(spec)).state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise CifarError(f"{path} does not match the {ckpt.config.arch} architecture ({what})")
+        raise CifarError(f"{path} does not match the {spec.describe()} architecture ({what})")
     for name, want in expected.items():
         got = state[name]
         if got.shape != want.shape or got.dtype != want.dtype:
-            raise CifarError(f"{path} does not match the {ckpt.config.arch} architecture: {name} is "
+            raise CifarError(f"{path} does not match the {spec.describe()} architecture: {name} is "
                              f"{got.dtype} {tuple(got.shape)}, expected {want.dtype} {tuple(want.shape)}")
-    model = build_model(ckpt.config)
+    if spec.is_preset:
+        model = create_model(spec)
     model.load_state_dict(state)
     return model
 
 
-def convert_pytorch_checkpoint(src: Path, dst: Path, config: NetConfig | None = None) -> Checkpoint:
+def _spec_to_build(recorded: ModelSpec, given: ModelSpec | None, path: Path | str) -> ModelSpec:
+    if recorded.is_preset:
+        if given is not None and given.name != recorded.name:
+            raise CifarError(f"{path} holds {recorded.name}, not {given.name}; drop --model or pass "
+                             f"--model {recorded.name}")
+        return recorded
+    if given is None:
+        raise CifarError(f"{path} holds your own network {recorded.describe()}; cifar-cli never imports code "
+                         f"that a checkpoint names, so pass it yourself: --model {recorded.name}")
+    return given
+
+
+def convert_pytorch_checkpoint(src: Path, dst: Path, model: ModelSpec | None = None) -> Checkpoint:
     """Turn a PyTorch .pt/.pth state_dict of this network into a cifar-cli .safetensors checkpoint.
 
     torch.load(weights_only=True) accepts only tensors and plain containers, so a malicious pickle is
@@ -248,7 +280,7 @@ def convert_pytorch_checkpoint(src: Path, dst: Path, config: NetConfig | None = 
         for prefix in ("module.", "_orig_mod."):  # DataParallel / torch.compile wrappers
             name = name.removeprefix(prefix)
         state[name] = tensor
-    ckpt = Checkpoint(config or NetConfig(), state, metrics={"converted_from": src.name})
+    ckpt = Checkpoint(model or preset_spec(), state, metrics={"converted_from": src.name})
     model_from_checkpoint(ckpt, src)  # refuses weights of another architecture
     save_checkpoint(dst, ckpt)
     return ckpt

@@ -1,31 +1,37 @@
-"""The `cifar` command: parses options, calls the core modules, prints what they return."""
+"""The `cifar` command: parses options, calls the core modules, prints what they return.
+
+Everything that came from the user or from a file is printed through `_literal`, never as Rich markup.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, replace
-from datetime import datetime
+from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cifar_cli import __version__
 from cifar_cli.errors import CifarError
+from cifar_cli.settings import DEFAULTS, DEVICES
 
 if TYPE_CHECKING:  # the commands import the heavy modules (torch) only when they run
     import torch
+    from torch import nn
 
     from cifar_cli.checkpoint import Checkpoint
-    from cifar_cli.models import CifarNet
 
 app = typer.Typer(
     name="cifar",
@@ -37,48 +43,68 @@ app = typer.Typer(
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
+
+def _literal(value: object) -> str:
+    """A path, name or message from the user or a file, shown as written: '[red]' stays '[red]', and
+    control characters (terminal escape codes) are shown as escapes instead of acting on the terminal."""
+    text = str(value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        text = text.encode("unicode_escape").decode("ascii")
+    return escape(text)
+
+
 # Options shared by several commands, declared once.
 DataDir = Annotated[Path | None, typer.Option(
     "--data-dir", help="Folder that contains cifar-10-batches-py (default: $CIFAR_DATA_DIR or ~/.cache/cifar-cli).",
     file_okay=False, show_default=False)]
 Download = Annotated[bool, typer.Option("--download/--no-download", help="Fetch CIFAR-10 (md5-checked) if missing.")]
-
-
-class DeviceName(str, Enum):
-    auto = "auto"
-    cuda = "cuda"
-    cpu = "cpu"
-    mps = "mps"
-
-
+DeviceName = Enum("DeviceName", {name: name for name in DEVICES}, type=str)
 Device = Annotated[DeviceName, typer.Option("--device", help="Where to run: auto picks CUDA, then MPS, then CPU.")]
 Workers = Annotated[int | None, typer.Option(
-    "--workers", min=0, show_default=False,
-    help="Data loader worker processes [default: 0 on the CPU, which the training uses; up to 8 per GPU].")]
+    "--workers", min=0, show_default="0 on the CPU, which the training uses; up to 8 per GPU",
+    help="Data loader worker processes; changes speed, not results.")]
+ModelOption = Annotated[str | None, typer.Option(
+    "--model", "-m", show_default="cifarnet-ds",
+    help="The network: a preset (cifar models lists them) or your own, as FILE.py:NAME or package.module:NAME "
+    "(a class or function returning an nn.Module).")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (results are reproducible on CPU).")]
 TTA = Annotated[bool | None, typer.Option(
-    "--tta/--no-tta", show_default=False,
-    help="Flip test-time augmentation: average the logits of each image and its mirror image "
-    "[default: on].")]
+    "--tta/--no-tta", show_default="on" if DEFAULTS.tta else "off",
+    help="Flip test-time augmentation: average the logits of each image and its mirror image.")]
 
 
 def _fails_cleanly(command: Callable) -> Callable:
-    """A CifarError (bad input) becomes one line on stderr and exit code 2, never a traceback."""
+    """A CifarError (bad input) becomes one line on stderr and exit code 2, never a traceback.
+
+    Under torchrun every process meets the same error; only the first one says it.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except CifarError as e:
-            err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            if os.environ.get("RANK", "0") == "0":
+                err.print(f"[bold red]error:[/] {_literal(e)}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
 
 
+def _strict(value: Any) -> Any:
+    """JSON has no NaN or infinity: non-finite numbers become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.write(json.dumps(_strict(data), indent=2, allow_nan=False) + "\n")
 
 
 def _data_dir(data_dir: Path | None) -> Path:
@@ -101,38 +127,65 @@ def _root(
     """Train, inspect and evaluate small convolutional networks on CIFAR-10."""
 
 
+@app.command("models")
+@_fails_cleanly
+def models_command(as_json: Json = False) -> None:
+    """The built-in networks: parameters, receptive field and the design rules of each."""
+    from cifar_cli.models import PRESETS, create_model, preset_spec
+    from cifar_cli.receptive_field import total_receptive_field
+    from cifar_cli.report import presets_table
+    from cifar_cli.rules import check_rules, count_parameters
+
+    rows = []
+    for name, preset in PRESETS.items():
+        model = create_model(preset_spec(name))
+        rules = check_rules(model)
+        rows.append({"name": name, "parameters": count_parameters(model),
+                     "receptive_field": total_receptive_field(model), "passed": all(r.passed for r in rules),
+                     "failed": [r.name for r in rules if not r.passed], "description": preset.description})
+    if as_json:
+        _print_json({"models": rows})
+    else:
+        out.print(presets_table(rows))
+
+
 @app.command()
 @_fails_cleanly
-def summary(as_json: Json = False) -> None:
-    """Layers, output shapes and parameter counts of the network, and a check of the design rules."""
-    from cifar_cli.models import NetConfig, build_model
+def summary(model: ModelOption = None, as_json: Json = False) -> None:
+    """Layers, output shapes and parameter counts of the network, and a check of the design rules.
+
+    Exits 1, naming each failing rule, when the network breaks one.
+    """
+    from cifar_cli.models import create_model, resolve_model
     from cifar_cli.report import layer_summary, rules_table
     from cifar_cli.rules import check_rules, count_parameters
 
-    model = build_model()
-    rules = check_rules(model)
-    table, layers = layer_summary(model)
-    passed = all(r.passed for r in rules)
+    spec = resolve_model(model)
+    network = create_model(spec)
+    rules = check_rules(network)
+    table, layers = layer_summary(network)
+    failed = [r.name for r in rules if not r.passed]
     if as_json:
-        _print_json({"config": NetConfig().to_dict(), "parameters": count_parameters(model), "layers": layers,
-                     "rules": [asdict(r) for r in rules], "passed": passed})
+        _print_json({"model": spec.to_dict(), "parameters": count_parameters(network), "layers": layers,
+                     "rules": [asdict(r) for r in rules], "passed": not failed})
     else:
-        out.print(table, soft_wrap=True)
+        out.print(_literal(table), soft_wrap=True)
         out.print(rules_table(rules))
-        out.print("[green]All rules pass.[/]" if passed else "[bold red]Some rules fail.[/]")
-    if not passed:
+        out.print("[green]All rules pass.[/]" if not failed
+                  else f"[bold red]Fails {len(failed)} rule{'s' * (len(failed) > 1)}:[/] {_literal('; '.join(failed))}")
+    if failed:
         raise typer.Exit(1)
 
 
 @app.command("receptive-field")
 @_fails_cleanly
-def receptive_field_command(as_json: Json = False) -> None:
+def receptive_field_command(model: ModelOption = None, as_json: Json = False) -> None:
     """Receptive field layer by layer, computed by walking the network's real modules."""
-    from cifar_cli.models import build_model
+    from cifar_cli.models import create_model, resolve_model
     from cifar_cli.receptive_field import receptive_field
     from cifar_cli.report import receptive_field_table
 
-    rows = receptive_field(build_model())
+    rows = receptive_field(create_model(resolve_model(model)))
     total = rows[-1].rf if rows else 1
     if as_json:
         _print_json({"layers": [asdict(r) for r in rows], "total": total})
@@ -177,7 +230,7 @@ def augment_preview(
         out.print("[bold]Training pipeline[/]")
         for line in pipeline:
             out.print(f"  {line}", soft_wrap=True)
-        out.print(f"Wrote {len(labels)} images x {views} views to [bold]{out_file}[/]")
+        out.print(f"Wrote {len(labels)} images x {views} views to [bold]{_literal(out_file)}[/]")
 
 
 class _RichTrainObserver:
@@ -215,38 +268,37 @@ class _RichTrainObserver:
         self.progress.console.print(self.epoch_line(record, self.epochs), soft_wrap=True)
 
 
+def _setting_option(name: str, flag: str, help: str, kind: type = int) -> Any:
+    """A train option whose default lives in settings.DEFAULTS; None means "not given" (keep a resumed run's)."""
+    return Annotated[kind | None, typer.Option(flag, help=help, show_default=str(getattr(DEFAULTS, name)))]
+
+
 @app.command()
 @_fails_cleanly
 def train(
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs to train [default: 40].",
-                                                  show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per step [default: 128].",
-                                                      show_default=False)] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate of the one-cycle schedule "
-                                                "[default: 0.1].", show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed [default: 0]; same seed, same "
-                                                "result on CPU.", show_default=False)] = None,
-    val_split: Annotated[int | None, typer.Option(
-        "--val-split", show_default=False,
-        help="Hold out this many training images (the same ones for every seed) and pick the best epoch by "
-        "them: tune on these, keep the test set for the final figure [default: 0].")] = None,
-    ema: Annotated[float | None, typer.Option(
-        "--ema", show_default=False,
-        help="Evaluate and save an exponential moving average of the weights with this per-step decay, "
-        "e.g. 0.999 [default: 0, off].")] = None,
+    epochs: _setting_option("epochs", "--epochs", "Epochs to train.") = None,
+    batch_size: _setting_option("batch_size", "--batch-size", "Images per step (per process under torchrun).") = None,
+    lr: _setting_option("lr", "--lr", "Peak learning rate of the one-cycle schedule.", float) = None,
+    seed: _setting_option("seed", "--seed", "Random seed; the same seed gives the same result on the CPU.") = None,
+    val_split: _setting_option("val_split", "--val-split", "Hold out this many training images (the same ones for "
+                               "every seed) and pick the best epoch by them: tune on these, keep the test set for "
+                               "the final figure.") = None,
+    ema: _setting_option("ema", "--ema", "Evaluate and save an exponential moving average of the weights with "
+                         "this per-step decay, e.g. 0.999 (0: off).", float) = None,
     tta: TTA = None,
+    model: ModelOption = None,
     device: Device = DeviceName.auto,
     data_dir: DataDir = None,
     download: Download = False,
     workers: Workers = None,
     amp: Annotated[bool | None, typer.Option(
-        "--amp/--no-amp", show_default=False,
-        help="bf16 autocast on CUDA [default: on where the GPU supports bf16].")] = None,
+        "--amp/--no-amp", show_default="on where the GPU can: bf16 on compute capability 8.0+, fp16 on 7.x",
+        help="Mixed precision on CUDA (autocast).")] = None,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the network (CUDA: faster after "
                                                 "a minute of compiling).")] = False,
     out_dir: Annotated[Path | None, typer.Option(
-        "--out", help="Folder for checkpoints and history.json [default: runs/<date-time>, or the resumed "
-        "checkpoint's folder].", file_okay=False, show_default=False)] = None,
+        "--out", show_default="runs/<date-time>, or the resumed checkpoint's folder",
+        help="Folder for checkpoints, history.json and settings.json.", file_okay=False)] = None,
     resume: Annotated[Path | None, typer.Option(
         "--resume", help="Continue the run saved in this last.safetensors.", dir_okay=False)] = None,
     as_json: Json = False,
@@ -258,27 +310,20 @@ def train(
     """
     from cifar_cli.checkpoint import load_checkpoint
     from cifar_cli.data import load_split
-    from cifar_cli.engine import (
-        Runtime,
-        TrainingInterrupted,
-        TrainSettings,
-        init_distributed,
-        resolve_device,
-        settings_of,
-        shutdown_distributed,
-    )
+    from cifar_cli.engine import TrainingInterrupted, settings_of
     from cifar_cli.engine import train as run_training
+    from cifar_cli.models import resolve_model
+    from cifar_cli.run_folder import default_out_dir
+    from cifar_cli.runtime import Runtime, init_distributed, resolve_device, shutdown_distributed
 
     checkpoint = load_checkpoint(resume) if resume else None
-    base = settings_of(checkpoint) if checkpoint else TrainSettings()
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "val_split": val_split, "ema": ema,
-             "tta": tta}
-    settings = replace(base, **{k: v for k, v in given.items() if v is not None})
+    settings = (settings_of(checkpoint) if checkpoint else DEFAULTS).with_options(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, ema=ema, tta=tta)
     settings.validate()
-    torch_device = resolve_device(device.value)
+    spec = resolve_model(model) if model else None
+    torch_device = resolve_device(DeviceName(device).value)
     dist = init_distributed(torch_device)
-    if out_dir is None:
-        out_dir = resume.parent if resume else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = out_dir or default_out_dir(resume)
     root = _data_dir(data_dir)
     train_split = load_split(root, train=True, download_missing=download)
     test_split = load_split(root, train=False, download_missing=download)
@@ -286,54 +331,64 @@ def train(
 
     console = err if as_json else out
     if dist.main:
-        processes = f" x {dist.world} processes" if dist.world > 1 else ""
-        held = f" / {settings.val_split:,} held-out" if settings.val_split else ""
-        console.print(f"Training on [bold]{torch_device}{processes}[/]: {len(train_split) - settings.val_split:,} "
-                      f"train{held} / {len(test_split):,} test images, {settings.epochs} epochs, "
-                      f"batch {settings.batch_size}, lr {settings.lr}, seed {settings.seed}"
-                      + (f", EMA {settings.ema}" if settings.ema else "") + (", flip TTA" if settings.tta else "")
-                      + f" -> {out_dir}"
-                      + (f" (resuming {resume})" if resume else ""), soft_wrap=True)
+        name = (spec or (checkpoint.model if checkpoint else resolve_model(None))).describe()
+        console.print(_train_header(settings, name, torch_device, dist.world, len(train_split), len(test_split),
+                                    out_dir, resume), soft_wrap=True)
     runtime = Runtime(workers=workers, amp=amp, compile=compile_model)
     try:
         with _RichTrainObserver(console, enabled=dist.main) as observer:
-            result = run_training(settings, train_split, test_split, out_dir, torch_device, runtime=runtime,
-                                  resume=checkpoint, observer=observer, dist=dist)
+            result = run_training(settings, train_split, test_split, out_dir, torch_device, model_spec=spec,
+                                  runtime=runtime, resume=checkpoint, observer=observer, dist=dist)
     except TrainingInterrupted as stop:
         if dist.main:
+            again = " ".join(["cifar train --resume", str(stop.checkpoint),
+                              *(["--data-dir", str(data_dir)] if data_dir else []),
+                              *(["--model", model] if model and ":" in model else [])])
             err.print(f"Stopped by {signal.Signals(stop.signum).name} at epoch {stop.epoch}, step {stop.step}; "
-                      f"saved {stop.checkpoint}. Resume with: cifar train --resume {stop.checkpoint}", soft_wrap=True)
+                      f"saved {_literal(stop.checkpoint)}. Resume with: {_literal(again)}", soft_wrap=True)
         raise typer.Exit(128 + stop.signum) from None
     except KeyboardInterrupt:
-        err.print("Interrupted; last.safetensors holds the last completed epoch.")
+        err.print("Interrupted at once (second Ctrl-C); last.safetensors, if written, holds the last completed "
+                  "epoch.")
         raise typer.Exit(128 + signal.SIGINT) from None
     finally:
         shutdown_distributed()
-    if not dist.main:
-        return
-    if as_json:
-        _print_json(result.to_dict())
-    else:
-        final = result.history[-1]
-        best = result.history[result.best_epoch - 1]
-        held = f", held-out {100 * final.val_acc:.2f}%" if final.val_acc is not None else ""
-        judge = result.best_by.removesuffix("_acc")
-        out.print(f"Done: final test accuracy [bold]{100 * final.test_acc:.2f}%[/]{held}; best epoch by {judge} "
-                  f"accuracy: {result.best_epoch} (test {100 * best.test_acc:.2f}%). "
-                  f"Checkpoints and history.json in [bold]{out_dir}[/]", soft_wrap=True)
+    if dist.main:
+        _print_json(result.to_dict()) if as_json else out.print(_train_footer(result), soft_wrap=True)
+
+
+def _train_header(settings: Any, model: str, device: Any, world: int, train_size: int, test_size: int,
+                  out_dir: Path, resume: Path | None) -> str:
+    processes = f" x {world} processes" if world > 1 else ""
+    held = f" / {settings.val_split:,} held-out" if settings.val_split else ""
+    return (f"Training on [bold]{device}{processes}[/]: {_literal(model)}, {train_size - settings.val_split:,} "
+            f"train{held} / {test_size:,} test images, {settings.epochs} epoch{'s' * (settings.epochs != 1)}, "
+            f"batch {settings.batch_size}, lr {settings.lr}, seed {settings.seed}"
+            + (f", EMA {settings.ema}" if settings.ema else "") + (", flip TTA" if settings.tta else "")
+            + f" -> {_literal(out_dir)}" + (f" (resuming {_literal(resume)})" if resume else ""))
+
+
+def _train_footer(result: Any) -> str:
+    final, best = result.history[-1], result.history[result.best_epoch - 1]
+    held = f", held-out {100 * final.val_acc:.2f}%" if final.val_acc is not None else ""
+    judge = result.best_by.removesuffix("_acc")
+    return (f"Done: final test accuracy [bold]{100 * final.test_acc:.2f}%[/]{held}; best epoch by {judge} "
+            f"accuracy: {result.best_epoch} (test {100 * best.test_acc:.2f}%). "
+            f"Checkpoints and history.json in [bold]{_literal(result.out_dir)}[/]")
 
 
 CheckpointPath = Annotated[Path | None, typer.Option(
-    "--checkpoint", "-c", dir_okay=False, show_default=False,
-    help="A .safetensors checkpoint written by cifar train [default: the one shipped with cifar-cli].")]
+    "--checkpoint", "-c", dir_okay=False, show_default="the one shipped with cifar-cli",
+    help="A .safetensors checkpoint written by cifar train.")]
 
 
-def _load_model(path: Path | None, device: DeviceName,
-                tta: bool | None) -> tuple[Path, Checkpoint, CifarNet, torch.device, bool]:
+def _load_model(path: Path | None, device: str, tta: bool | None,
+                model: str | None) -> tuple[Path, Checkpoint, nn.Module, torch.device, bool]:
     """What eval and predict share: the checkpoint (the packaged one by default), its network on the
-    device, and the TTA choice (the training default unless given)."""
+    device (a user network needs the user's --model), and the TTA choice (the training default unless given)."""
     from cifar_cli.checkpoint import PACKAGED_CHECKPOINT, load_checkpoint, model_from_checkpoint
-    from cifar_cli.engine import TrainSettings, resolve_device
+    from cifar_cli.models import resolve_model, source_changed
+    from cifar_cli.runtime import resolve_device
 
     if path is None:
         if not PACKAGED_CHECKPOINT.is_file():
@@ -341,9 +396,13 @@ def _load_model(path: Path | None, device: DeviceName,
                              "pass a .safetensors file written by cifar train")
         path = PACKAGED_CHECKPOINT
     ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, path)
-    torch_device = resolve_device(device.value)
-    return path, ckpt, model.to(torch_device), torch_device, TrainSettings().tta if tta is None else tta
+    given = resolve_model(model) if model else None
+    network = model_from_checkpoint(ckpt, path, given=given)
+    if given is not None and source_changed(ckpt.model, given):
+        err.print(f"warning: {_literal(given.name)} has changed since {_literal(path)} was written (its source "
+                  "file's hash differs); the weights still fit, so it goes on", soft_wrap=True)
+    torch_device = resolve_device(DeviceName(device).value)
+    return path, ckpt, network.to(torch_device), torch_device, DEFAULTS.tta if tta is None else tta
 
 
 @app.command("eval")
@@ -357,22 +416,28 @@ def eval_command(
     device: Device = DeviceName.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1000,
     tta: TTA = None,
+    model: ModelOption = None,
     as_json: Json = False,
 ) -> None:
-    """Test loss, accuracy, per-class results and the confusion matrix of a checkpoint."""
+    """Test loss, accuracy, per-class results and the confusion matrix of a checkpoint.
+
+    A checkpoint of a preset rebuilds its network from the file alone; one of your own network needs
+    --model FILE.py:NAME again (a checkpoint is never a reason to import code).
+    """
     from cifar_cli.data import load_split
     from cifar_cli.engine import evaluate
     from cifar_cli.report import confusion_table, per_class_table
 
-    checkpoint, ckpt, model, torch_device, tta = _load_model(checkpoint, device, tta)
+    checkpoint, ckpt, network, torch_device, tta = _load_model(checkpoint, device, tta, model)
     split = load_split(_data_dir(data_dir), train=False, download_missing=download)
-    result = evaluate(model, split, torch_device, batch_size=batch_size, classes=ckpt.classes,
+    result = evaluate(network, split, torch_device, batch_size=batch_size, classes=ckpt.classes,
                       mean=ckpt.mean, std=ckpt.std, tta=tta)
     if as_json:
         _print_json({"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "images": len(split), "tta": tta,
                      **result.to_dict()})
         return
-    out.print(Panel.fit(f"{checkpoint}  (epoch {ckpt.epoch}, cifar-cli {ckpt.version})\n"
+    out.print(Panel.fit(f"{_literal(checkpoint)}  ({_literal(ckpt.model.describe())}, epoch {ckpt.epoch}, "
+                        f"cifar-cli {_literal(ckpt.version)})\n"
                         f"test images {len(split):,}{' + mirror images' if tta else ''}   "
                         f"loss [bold]{result.loss:.4f}[/]   "
                         f"accuracy [bold]{100 * result.accuracy:.2f}%[/]"))
@@ -389,6 +454,7 @@ def predict(
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="How many classes to show per image.")] = 3,
     device: Device = DeviceName.auto,
     tta: TTA = None,
+    model: ModelOption = None,
     as_json: Json = False,
 ) -> None:
     """The most likely classes of each image, with their probabilities."""
@@ -397,9 +463,9 @@ def predict(
     from cifar_cli.data import load_image
     from cifar_cli.engine import predict as class_probabilities
 
-    path, ckpt, model, torch_device, tta = _load_model(checkpoint, device, tta)
+    path, ckpt, network, torch_device, tta = _load_model(checkpoint, device, tta, model)
     pixels = np.stack([load_image(p) for p in images])
-    probs = class_probabilities(model, pixels, torch_device, ckpt.mean, ckpt.std, tta=tta)
+    probs = class_probabilities(network, pixels, torch_device, ckpt.mean, ckpt.std, tta=tta)
     best = probs.topk(min(top, probs.shape[1]), dim=1)
     results = [{"image": str(p), "top": [{"class": ckpt.classes[i], "probability": float(v)}
                                           for v, i in zip(values.tolist(), indices.tolist())]}
@@ -408,8 +474,8 @@ def predict(
         _print_json({"checkpoint": str(path), "predictions": results})
         return
     for r in results:
-        guesses = "   ".join(f"{t['class']} [bold]{100 * t['probability']:.1f}%[/]" for t in r["top"])
-        out.print(f"{r['image']}: {guesses}", soft_wrap=True)
+        guesses = "   ".join(f"{_literal(t['class'])} [bold]{100 * t['probability']:.1f}%[/]" for t in r["top"])
+        out.print(f"{_literal(r['image'])}: {guesses}", soft_wrap=True)
 
 
 @app.command()
@@ -423,8 +489,8 @@ def plot(
     as_json: Json = False,
 ) -> None:
     """Training curves (loss and accuracy per epoch) from a run's history.json, as a PNG."""
-    from cifar_cli.engine import read_history
     from cifar_cli.report import write_training_curves
+    from cifar_cli.run_folder import read_history
 
     history = read_history(run)
     if out_file is None:
@@ -435,7 +501,7 @@ def plot(
         _print_json({"out": str(out_file), "epochs": len(history), "final_test_acc": last.test_acc,
                      "best_test_acc": best.test_acc, "best_epoch": best.epoch})
         return
-    out.print(f"Wrote {out_file}: {len(history)} epochs, final test accuracy {100 * last.test_acc:.2f}%, "
+    out.print(f"Wrote {_literal(out_file)}: {len(history)} epochs, final test accuracy {100 * last.test_acc:.2f}%, "
               f"best {100 * best.test_acc:.2f}% (epoch {best.epoch})")
 
 
@@ -454,7 +520,7 @@ def convert(
     from cifar_cli.checkpoint import convert_pytorch_checkpoint
 
     ckpt = convert_pytorch_checkpoint(source, target)
-    out.print(f"Wrote {target} ({len(ckpt.model_state)} tensors, {ckpt.config.arch})")
+    out.print(f"Wrote {_literal(target)} ({len(ckpt.model_state)} tensors, {ckpt.model.describe()})")
 
 
 def main() -> None:

@@ -29,7 +29,6 @@ STD: tuple[float, float, float] = (0.247, 0.243, 0.261)
 FOLDER = "cifar-10-batches-py"  # torchvision's name for the extracted "python version"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
-IMAGE_SHAPE = (32, 32, 3)
 
 
 def default_data_dir() -> Path:
@@ -158,6 +157,11 @@ def hold_out(split: Split, count: int) -> tuple[Split, Split]:
     return (Split(split.images[rest], split.labels[rest]), Split(split.images[held], split.labels[held]))
 
 
+# The random streams a run draws from, each seeded by derive_seed(seed, epoch, rank, batch, STREAM).
+AUGMENT_STREAM = 0  # a batch's augmentations (EpochBatches)
+DROPOUT_STREAM = 1  # a training step's dropout masks (the engine)
+
+
 def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from (run seed, epoch, ...), so each piece of randomness stands alone."""
     return int(np.random.SeedSequence(list(parts)).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
@@ -197,7 +201,7 @@ class EpochBatches:
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         mine, size = self.indices(), self.batch_size
         for b in range(self.start, self.batches_per_epoch()):
-            yield derive_seed(self.seed, self.epoch, self.rank, b, 0), mine[b * size:(b + 1) * size]
+            yield derive_seed(self.seed, self.epoch, self.rank, b, AUGMENT_STREAM), mine[b * size:(b + 1) * size]
 
 
 class AugmentedBatches(Dataset):

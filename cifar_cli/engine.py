@@ -1,8 +1,13 @@
 """The training and evaluation loops. They take plain arguments and return values; the CLI prints.
 
-Speed: augmentation runs on uint8 pixels in loader workers, normalisation runs batched on the device,
-the network runs channels_last (bf16 autocast on CUDA), and the loop never waits on the device except
-once per log interval.
+Where to start reading: `train` (at the bottom) is the table of contents. It builds a `Trainer` (the
+network, optimizer and batches), then for each epoch runs `train_one_epoch` (whose step is `train_step`)
+and `_judge_epoch` (evaluate, keep the best, save). Batches come from `data.EpochBatches` through
+`data.AugmentedBatches`; the run folder's files and the stop signals live in `run_folder`; the device,
+threads and AMP in `runtime`.
+
+Speed: augmentation runs on uint8 pixels, normalisation runs batched on the device, the network runs
+channels_last (autocast on CUDA), and the loop never waits on the device except once per log interval.
 Safety: last.safetensors is rewritten atomically after every epoch and on SIGINT/SIGTERM mid-epoch; a
 resumed run repeats exactly what the uninterrupted one would have done, because every batch's order,
 augmentation and dropout are seeded from (seed, epoch, batch), never from process state.
@@ -11,15 +16,10 @@ augmentation and dropout are seeded from (seed, epoch, batch), never from proces
 from __future__ import annotations
 
 import copy
-import json
-import math
-import os
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import ExitStack, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cifar_cli import __version__
 from cifar_cli.augment import BatchAugmenter, normalize, train_pipeline
 from cifar_cli.checkpoint import (
     Checkpoint,
@@ -37,10 +38,10 @@ from cifar_cli.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
     unflatten_optimizer,
-    write_atomic,
 )
 from cifar_cli.data import (
     CLASSES,
+    DROPOUT_STREAM,
     MEAN,
     STD,
     AugmentedBatches,
@@ -51,206 +52,136 @@ from cifar_cli.data import (
     hold_out,
 )
 from cifar_cli.errors import CifarError
-from cifar_cli.models import NetConfig, build_model
+from cifar_cli.models import ModelSpec, create_model, preset_spec
+from cifar_cli.records import EpochRecord, EvalResult, TrainResult
+from cifar_cli.run_folder import (
+    BEST,
+    HISTORY,
+    LAST,
+    StopSignals,
+    ensure_writable,
+    lock_out_dir,
+    write_history,
+    write_settings,
+)
+from cifar_cli.runtime import Distributed, Runtime, memory_format
+from cifar_cli.settings import TrainSettings
 
-DEVICES = ("auto", "cuda", "cpu", "mps")
-
-
-# --- devices and processes -------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    local_world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+# --- evaluation --------------------------------------------------------------------------------------
 
 
-def init_distributed(device: torch.device) -> Distributed:
-    """Join the process group torchrun describes in the environment; alone, do nothing."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed()
-    if not torch_dist.is_initialized():
-        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank=torch_dist.get_rank(), world=torch_dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                       local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+def to_device(images: torch.Tensor, device: torch.device, mean: tuple[float, ...] = MEAN,
+              std: tuple[float, ...] = STD) -> torch.Tensor:
+    """uint8 N x 3 x H x W (any layout) -> normalised float on `device`, in the network's memory format."""
+    images = images.to(device, non_blocking=True)
+    return normalize(images, mean, std).contiguous(memory_format=memory_format(device))
 
 
-def shutdown_distributed() -> None:
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA, then MPS, then CPU; an explicit choice that is not available is an error.
-
-    Under torchrun each process takes the GPU of its LOCAL_RANK.
-    """
-    name = name.lower()
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
-    if name not in DEVICES:
-        raise CifarError(f"--device {name}: choose one of {', '.join(DEVICES)}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CifarError("--device cuda: CUDA is not available on this machine (try --device auto or cpu)")
-    if name == "mps" and not has_mps:
-        raise CifarError("--device mps: Apple MPS is not available on this machine (try --device auto or cpu)")
-    if name == "cuda":
-        index = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device(name)
+def _logits(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    logits = model(x).float()
+    if tta:  # the network trained on mirrored images too, so the mirror image is a second opinion
+        logits = (logits + model(x.flip(3)).float()) / 2
+    return logits
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """How a run executes; none of it changes the result on the CPU."""
-
-    workers: int | None = None  # None: 0 on the CPU (the cores train), else up to 8 per GPU
-    amp: bool | None = None  # None: bf16 autocast where CUDA supports it
-    compile: bool = False
-
-    def loader_workers(self, device: torch.device, dist: Distributed) -> int:
-        if self.workers is not None:
-            return self.workers
-        return 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) // dist.local_world - 1))
-
-    def autocast(self, device: torch.device) -> bool:
-        if self.amp is not None:
-            return self.amp and device.type == "cuda"
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
-def _memory_format(device: torch.device) -> torch.memory_format:
-    # channels_last: 1.4x faster training steps on the CPU (oneDNN), and what tensor cores want on CUDA.
-    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
-
-
-# --- settings, results, events -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Everything that decides the result of a run (device and worker count do not)."""
-
-    epochs: int = 40
-    batch_size: int = 128
-    lr: float = 0.1  # peak of the one-cycle schedule
-    momentum: float = 0.9
-    weight_decay: float = 5e-4  # on conv/linear weights only, not BatchNorm or biases
-    label_smoothing: float = 0.1
-    seed: int = 0
-    val_split: int = 0  # training images held out to judge settings by (0: train on all 50,000)
-    ema: float = 0.0  # per-step decay of a weight average that is evaluated and saved instead (0: off)
-    tta: bool = True  # evaluate on each image and its mirror image, averaging the logits (+0.4 pt held-out)
-
-    def validate(self, train_size: int | None = None) -> None:
-        """Refuse impossible settings; `train_size` also bounds the held-out slice."""
-        if self.epochs < 1:
-            raise CifarError(f"--epochs must be at least 1, not {self.epochs}")
-        if self.batch_size < 1:
-            raise CifarError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise CifarError(f"--lr must be a positive number, not {self.lr}")
-        if self.seed < 0:
-            raise CifarError(f"--seed must be >= 0, not {self.seed}")
-        if self.val_split < 0 or (train_size is not None and self.val_split >= train_size):
-            bound = f" and below the {train_size:,} training images" if train_size is not None else ""
-            raise CifarError(f"--val-split must be >= 0{bound}, not {self.val_split}")
-        if not 0 <= self.ema < 1:
-            raise CifarError(f"--ema must be a decay in [0, 1) (0 turns it off), not {self.ema}")
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000,
+             classes: tuple[str, ...] = CLASSES, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD,
+             amp_dtype: torch.dtype | None = None, tta: bool = False) -> EvalResult:
+    """Loss, accuracy and confusion matrix; with `tta`, logits are averaged over each image and its mirror."""
+    was_training = model.training
+    model.eval()
+    n = len(classes)
+    confusion = torch.zeros(n * n, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), device=device)
+    for images, labels in batches_in_order(split, batch_size):
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = _logits(model, to_device(images, device, mean, std), tta)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        confusion += torch.bincount(labels * n + logits.argmax(1), minlength=n * n)
+    model.train(was_training)
+    total = max(len(split), 1)
+    matrix = confusion.view(n, n).cpu()
+    return EvalResult(loss=loss_sum.item() / total, accuracy=matrix.diag().sum().item() / total,
+                      confusion=matrix.tolist(), classes=classes)
 
 
-def _well_typed(settings: TrainSettings) -> bool:
-    """Every field holds its kind of value (ints stay ints; a float field also takes an int; flags are bools)."""
-    for f in fields(settings):
-        value, default = getattr(settings, f.name), f.default
-        wanted = bool if isinstance(default, bool) else (int, float) if isinstance(default, float) else int
-        if isinstance(value, bool) != (wanted is bool) or not isinstance(value, wanted):
-            return False
-    return True
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, device: torch.device, mean: tuple[float, ...] = MEAN,
+            std: tuple[float, ...] = STD, tta: bool = False) -> torch.Tensor:
+    """Class probabilities (N x classes) for uint8 N x H x W x 3 RGB images."""
+    model.eval()
+    x = to_device(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), device, mean, std)
+    return _logits(model, x, tta).softmax(1).cpu()
 
+
+# --- what a run carries from step to step and from session to session ----------------------------------
 
 def settings_of(checkpoint: Checkpoint) -> TrainSettings:
     """The settings of the run that wrote a resumable checkpoint."""
-    state = checkpoint.train_state or {}
-    try:
-        settings = TrainSettings(**state["settings"])
-    except (KeyError, TypeError):
-        settings = None
-    if settings is None or not _well_typed(settings):
+    settings = TrainSettings.from_dict((checkpoint.train_state or {}).get("settings"))
+    if settings is None:
         raise CifarError("this checkpoint cannot be resumed: it holds weights only (a best.safetensors?) "
                          "or no valid training state; resume from last.safetensors")
     return settings
 
 
 @dataclass
-class EvalResult:
-    loss: float
-    accuracy: float
-    confusion: list[list[int]]  # rows: true class, columns: predicted class
-    classes: tuple[str, ...] = CLASSES
+class EpochTotals:
+    """How far an epoch has got: batches done, and the sums behind its training loss and accuracy."""
 
-    @property
-    def per_class(self) -> list[dict[str, Any]]:
-        rows = []
-        for i, name in enumerate(self.classes):
-            total = sum(self.confusion[i])
-            predicted = sum(r[i] for r in self.confusion)
-            hits = self.confusion[i][i]
-            rows.append({"class": name, "count": total, "correct": hits,
-                         "accuracy": hits / total if total else 0.0,
-                         "precision": hits / predicted if predicted else 0.0})
-        return rows
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss, "accuracy": self.accuracy, "per_class": self.per_class,
-                "confusion": self.confusion, "classes": list(self.classes)}
-
-
-@dataclass
-class EpochRecord:
     epoch: int
-    train_loss: float
-    train_acc: float
-    test_loss: float
-    test_acc: float
-    lr: float
-    seconds: float
-    images: int  # training images seen this epoch, all processes together
-    val_loss: float | None = None  # on the held-out slice, when --val-split is given
-    val_acc: float | None = None
-
-    @property
-    def score(self) -> float:
-        """What picks the best epoch: held-out accuracy when there is a held-out slice, else test accuracy."""
-        return self.test_acc if self.val_acc is None else self.val_acc
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
 
 
 @dataclass
-class TrainResult:
-    history: list[EpochRecord]
-    out_dir: Path
-    best_epoch: int
-    best_acc: float  # the best epoch's score (val_acc with --val-split, else test_acc)
+class RunState:
+    """Everything a resumable checkpoint carries besides the weights and the optimizer's tensors."""
 
-    @property
-    def best_by(self) -> str:
-        return "val_acc" if self.history and self.history[-1].val_acc is not None else "test_acc"
+    settings: TrainSettings
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_acc: float = -1.0
+    position: EpochTotals | None = None  # set when a run stopped mid-epoch
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)  # fp16 loss scale, on cards that train in fp16
+    optimizer: dict[str, Any] | None = None  # the optimizer's JSON half (param groups, scalars)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"history": [asdict(r) for r in self.history], "out_dir": str(self.out_dir),
-                "best_epoch": self.best_epoch, "best_acc": self.best_acc, "best_by": self.best_by,
-                "last": str(self.out_dir / "last.safetensors"), "best": str(self.out_dir / "best.safetensors")}
+    def start_of(self, epoch: int) -> EpochTotals:
+        """Where `epoch` begins: where a run stopped inside it, else its first batch."""
+        return self.position if self.position and self.position.epoch == epoch else EpochTotals(epoch)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"settings": self.settings.to_dict(), "scheduler": self.scheduler, "scaler": self.scaler,
+                "history": [asdict(r) for r in self.history], "best_epoch": self.best_epoch,
+                "best_acc": self.best_acc, "position": asdict(self.position) if self.position else None,
+                "optimizer": self.optimizer}
+
+    @classmethod
+    def resume(cls, checkpoint: Checkpoint, settings: TrainSettings) -> RunState:
+        stored = settings_of(checkpoint)  # refuses weights-only checkpoints
+        state = checkpoint.train_state
+        if set(state) - {"settings", "scheduler", "scaler", "history", "best_epoch", "best_acc", "position",
+                         "optimizer"}:
+            raise CifarError("the checkpoint's training state is incomplete; it cannot be resumed")
+        if changed := stored.differences(settings):
+            raise CifarError("a resumed run keeps its settings; these differ from the checkpoint's: "
+                             + ", ".join(changed))
+        try:
+            history = [EpochRecord(**r) for r in state.get("history", [])]
+            position = EpochTotals(**state["position"]) if state.get("position") else None
+        except TypeError:
+            raise CifarError("the checkpoint's training history is damaged; it cannot be resumed") from None
+        return cls(stored, history, state.get("best_epoch", 0), state.get("best_acc", -1.0), position,
+                   state.get("scheduler", {}), state.get("scaler", {}), state.get("optimizer"))
 
 
 class TrainingInterrupted(Exception):
@@ -259,6 +190,20 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int, checkpoint: Path, epoch: int, step: int):
         super().__init__(f"{signal.Signals(signum).name} at epoch {epoch}, step {step}")
         self.signum, self.checkpoint, self.epoch, self.step = signum, checkpoint, epoch, step
+
+
+class _StopRequested(Exception):
+    """Raised inside an epoch when all processes agreed to stop; carries where the epoch had got to."""
+
+    def __init__(self, totals: EpochTotals):
+        self.totals = totals
+
+
+class _Diverged(Exception):
+    """Raised inside an epoch when the loss became non-finite; carries the first step it did."""
+
+    def __init__(self, step: int):
+        self.step = step
 
 
 class TrainObserver(Protocol):
@@ -275,57 +220,9 @@ class _Silent:
     def epoch_end(self, record: EpochRecord) -> None: ...
 
 
-# --- evaluation --------------------------------------------------------------------------------------
+# --- building a run ----------------------------------------------------------------------------------
 
-def _to_device(images: torch.Tensor, device: torch.device, mean: tuple[float, ...],
-               std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 N x 3 x H x W (any layout) -> normalised float on `device`, in the network's memory format."""
-    images = images.to(device, non_blocking=True)
-    return normalize(images, mean, std).contiguous(memory_format=_memory_format(device))
-
-
-def _logits(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
-    logits = model(x).float()
-    if tta:  # the network trained on mirrored images too, so the mirror image is a second opinion
-        logits = (logits + model(x.flip(3)).float()) / 2
-    return logits
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000,
-             classes: tuple[str, ...] = CLASSES, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD,
-             amp: bool = False, tta: bool = False) -> EvalResult:
-    """Loss, accuracy and confusion matrix; with `tta`, logits are averaged over each image and its mirror."""
-    was_training = model.training
-    model.eval()
-    n = len(classes)
-    confusion = torch.zeros(n * n, dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), device=device)
-    for images, labels in batches_in_order(split, batch_size):
-        labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = _logits(model, _to_device(images, device, mean, std), tta)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        confusion += torch.bincount(labels * n + logits.argmax(1), minlength=n * n)
-    model.train(was_training)
-    total = max(len(split), 1)
-    matrix = confusion.view(n, n).cpu()
-    return EvalResult(loss=loss_sum.item() / total, accuracy=matrix.diag().sum().item() / total,
-                      confusion=matrix.tolist(), classes=classes)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, device: torch.device, mean: tuple[float, ...] = MEAN,
-            std: tuple[float, ...] = STD, tta: bool = False) -> torch.Tensor:
-    """Class probabilities (N x classes) for uint8 N x H x W x 3 RGB images."""
-    model.eval()
-    x = _to_device(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), device, mean, std)
-    return _logits(model, x, tta).softmax(1).cpu()
-
-
-# --- training ----------------------------------------------------------------------------------------
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay shrinks conv and linear weights only; on BatchNorm and biases it only hurts."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
@@ -342,8 +239,7 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.model = copy.deepcopy(model).requires_grad_(False).eval()
-        sources, targets = list(model.state_dict().values()), list(self.model.state_dict().values())
-        pairs = list(zip(sources, targets))
+        pairs = list(zip(model.state_dict().values(), self.model.state_dict().values()))
         self._sources = [s for s, _ in pairs if s.is_floating_point()]
         self._targets = [t for s, t in pairs if s.is_floating_point()]
         self._counters = [(s, t) for s, t in pairs if not s.is_floating_point()]  # BatchNorm's batch count
@@ -357,155 +253,67 @@ class WeightAverage:
 
 
 @dataclass
-class _Run:
-    """The state a resumable checkpoint carries besides the weights and the optimizer."""
+class Trainer:
+    """What a training step needs: the network in its three roles, the optimizer and the batches."""
 
-    settings: dict[str, Any]
-    scheduler: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_acc: float = -1.0
-    # Set when stopped mid-epoch: {"epoch", "batches", "loss_sum", "correct", "seen"}.
-    position: dict[str, Any] | None = None
+    settings: TrainSettings
+    spec: ModelSpec
+    model: nn.Module  # the weights being trained
+    ddp_model: nn.Module  # what the step calls: `model`, wrapped for DDP and compiled where asked
+    eval_model: nn.Module  # what is evaluated and saved: the weight average if there is one, else `model`
+    average: WeightAverage | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # scales fp16 losses; a no-op in every other dtype
+    plan: EpochBatches
+    loader: DataLoader
+    device: torch.device
+    dist: Distributed
+    amp_dtype: torch.dtype | None
 
-
-class _StopSignals:
-    """Turns SIGINT/SIGTERM into a request to stop after the current step; a second SIGINT stops at once."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.received = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # impatient second Ctrl-C: quit now
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.batches_per_epoch()
 
 
-@contextmanager
-def lock_out_dir(out_dir: Path) -> Iterator[None]:
-    """One run per output folder: a second `cifar train --out` the same folder is refused, not interleaved."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; runs are trusted not to share a folder
-        yield
-        return
-    path = out_dir / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            raise CifarError(f"--out {out_dir} is in use by another cifar train (pid {holder}); "
-                             "wait for it or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield  # the kernel drops the lock if this process dies, even by kill -9
-    finally:
-        os.close(fd)
-
-
-def _worker_ignores_sigint(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group; the main process decides when to stop, workers keep feeding.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _sum_across(dist: Distributed, device: torch.device, *values: torch.Tensor | float) -> list[torch.Tensor]:
-    """Element-wise sums over all processes (a no-op alone); every process must call it at the same point."""
-    if dist.world == 1:
-        return [torch.as_tensor(v) for v in values]
-    packed = torch.stack([torch.as_tensor(v, device=device).double() for v in values])
-    torch_dist.all_reduce(packed)
-    return list(packed.unbind())
-
-
-def train(
-    settings: TrainSettings,
-    train_split: Split,
-    test_split: Split,
-    out_dir: Path,
-    device: torch.device,
-    model_config: NetConfig | None = None,
-    runtime: Runtime | None = None,
-    resume: Checkpoint | None = None,
-    observer: TrainObserver | None = None,
-    dist: Distributed | None = None,
-    log_every: int = 10,
-) -> TrainResult:
-    """Train from scratch or from `resume`; writes last/best checkpoints and history.json to `out_dir`.
-
-    Raises TrainingInterrupted after saving, on SIGINT/SIGTERM; CifarError on bad input or divergence.
-    """
-    settings.validate(len(train_split))
-    runtime, dist = runtime or Runtime(), dist or Distributed()
-    observer = observer if (observer is not None and dist.main) else _Silent()
-    out_dir = Path(out_dir)
-
-    run, optimizer_meta = _Run(settings=asdict(settings)), None
-    train_split, val_split = hold_out(train_split, settings.val_split) if settings.val_split else (train_split, None)
-    if resume is not None:
-        stored = asdict(settings_of(resume))  # refuses weights-only checkpoints
-        state = dict(resume.train_state)
-        optimizer_meta = state.pop("optimizer", None)
-        try:
-            run = _Run(**state)
-        except TypeError:
-            raise CifarError("the checkpoint's training state is incomplete; it cannot be resumed") from None
-        if stored != asdict(settings):
-            raise CifarError("a resumed run keeps its settings; these differ from the checkpoint's: "
-                             + ", ".join(k for k, v in asdict(settings).items() if stored[k] != v))
-        model_config = resume.config
-    model_config = model_config or NetConfig()
-
-    workers = runtime.loader_workers(device, dist)
-    if device.type == "cpu":  # share the cores between processes and loader workers, never oversubscribe
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world - workers))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    amp = runtime.autocast(device)
-    memory_format = _memory_format(device)
-
+def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, device: torch.device,
+                  runtime: Runtime, dist: Distributed, resume: Checkpoint | None, state: RunState) -> Trainer:
+    """The network (fresh, or the checkpoint's), its optimizer and schedule, and the epoch's batches."""
     torch.manual_seed(settings.seed)
-    model = model_from_checkpoint(resume, raw=True) if resume is not None else build_model(model_config)
-    model.to(device, memory_format=memory_format)
+    model = model_from_checkpoint(resume, raw=True, given=spec) if resume is not None else create_model(spec)
+    model.to(device, memory_format=memory_format(device))
     average = WeightAverage(model, settings.ema) if settings.ema else None
     if average is not None and resume is not None:
-        average.model.load_state_dict(model_from_checkpoint(resume).state_dict())
-    judged = average.model if average is not None else model  # the weights that are evaluated and saved
+        average.model.load_state_dict(model_from_checkpoint(resume, given=spec).state_dict())
     plan = EpochBatches(len(train_split), settings.batch_size, settings.seed, dist.rank, dist.world)
-    steps_per_epoch = plan.batches_per_epoch()
-    optimizer = torch.optim.SGD(_param_groups(model, settings.weight_decay), lr=settings.lr,
+    optimizer = torch.optim.SGD(param_groups(model, settings.weight_decay), lr=settings.lr,
                                 momentum=settings.momentum, nesterov=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.25)
+        optimizer, max_lr=settings.lr, total_steps=settings.epochs * plan.batches_per_epoch(), pct_start=0.25)
+    amp_dtype = runtime.amp_dtype(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if resume is not None:
         try:
-            optimizer.load_state_dict(unflatten_optimizer(resume.optimizer_tensors, optimizer_meta))
-            scheduler.load_state_dict(run.scheduler)
+            optimizer.load_state_dict(unflatten_optimizer(resume.optimizer_tensors, state.optimizer or {}))
+            scheduler.load_state_dict(state.scheduler)
+            if state.scaler:
+                scaler.load_state_dict(state.scaler)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CifarError(f"the checkpoint's optimizer state does not fit this run: {e}") from None
-    net: nn.Module = model
+    ddp_model: nn.Module = model
     if dist.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     if runtime.compile:
-        net = torch.compile(net)
+        ddp_model = torch.compile(ddp_model)
+    return Trainer(settings, spec, model, ddp_model, average.model if average else model, average, optimizer,
+                   scheduler, scaler, plan, _loader(train_split, plan, device, runtime.loader_workers(device, dist)),
+                   device, dist, amp_dtype)
 
-    try:
-        history = [EpochRecord(**r) for r in run.history]
-    except TypeError:
-        raise CifarError("the checkpoint's training history is damaged; it cannot be resumed") from None
-    loader = DataLoader(
-        AugmentedBatches(train_split, BatchAugmenter(train_pipeline())),
+
+def _loader(split: Split, plan: EpochBatches, device: torch.device, workers: int) -> DataLoader:
+    return DataLoader(
+        AugmentedBatches(split, BatchAugmenter(train_pipeline())),
         batch_sampler=plan,
         collate_fn=_whole_batch,
         num_workers=workers,
@@ -514,132 +322,193 @@ def train(
         pin_memory=device.type == "cuda",
     )
 
-    def save_last(epoch: int, position: dict[str, Any] | None, metrics: dict[str, Any]) -> None:
-        run.history, run.scheduler, run.position = [asdict(r) for r in history], scheduler.state_dict(), position
-        opt_tensors, opt_meta = flatten_optimizer(optimizer)
-        save_checkpoint(out_dir / "last.safetensors", Checkpoint(
-            model_config, judged.state_dict(), epoch=epoch, metrics=metrics,
-            raw_state=model.state_dict() if average is not None else {},
-            optimizer_tensors=opt_tensors, train_state={**asdict(run), "optimizer": opt_meta}))
-
-    with ExitStack() as stack:
-        if dist.main:
-            ensure_writable(out_dir)
-            stack.enter_context(lock_out_dir(out_dir))
-        stop = stack.enter_context(_StopSignals())
-
-        for epoch in range(len(history) + 1, settings.epochs + 1):
-            started = time.perf_counter()
-            position = run.position if run.position and run.position["epoch"] == epoch else None
-            start = position["batches"] if position else 0
-            plan.set_epoch(epoch, start)
-            observer.epoch_start(epoch, settings.epochs, steps_per_epoch, start)
-            model.train()
-            # Running sums stay on the device; reading them is the loop's only wait, once per log interval.
-            loss_sum = torch.tensor(position["loss_sum"] if position else 0.0, device=device)
-            correct = torch.tensor(position["correct"] if position else 0, device=device)
-            seen = position["seen"] if position else 0
-            first_bad = torch.zeros((), dtype=torch.int64, device=device)
-
-            step = start
-            for images, labels in loader:
-                step += 1
-                torch.manual_seed(derive_seed(settings.seed, epoch, dist.rank, step, 1))  # dropout
-                x, y = _to_device(images, device, MEAN, STD), labels.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = net(x).float()
-                loss = F.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if average is not None:
-                    average.update((epoch - 1) * steps_per_epoch + step)
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
-
-                # Alone, a signal is acted on after this step; in a group, all processes agree at a log step.
-                if step % log_every and step != steps_per_epoch and (stop.received is None or dist.world > 1):
-                    continue
-                bad, stopping = _sum_across(dist, device, first_bad, float(stop.received or 0))
-                if bad.item():
-                    raise CifarError(
-                        f"training diverged: the loss became non-finite at epoch {epoch}, step {int(bad.item())}; "
-                        f"last.safetensors keeps the last good state; try a lower --lr (now {settings.lr})")
-                observer.step(step, loss_sum.item() / seen, correct.item() / seen)
-                if stopping.item():
-                    if dist.main:
-                        save_last(epoch - 1, {"epoch": epoch, "batches": step, "loss_sum": loss_sum.item(),
-                                              "correct": int(correct.item()), "seen": seen},
-                                  _metrics(history[-1]) if history else {})
-                    raise TrainingInterrupted(stop.received or signal.SIGTERM, out_dir / "last.safetensors",
-                                              epoch, step)
-
-            loss_total, correct_total, seen_total = _sum_across(dist, device, loss_sum, correct, float(seen))
-            if dist.main:
-                result = evaluate(judged, test_split, device, amp=amp, tta=settings.tta)
-                held = evaluate(judged, val_split, device, amp=amp, tta=settings.tta) if val_split else None
-                record = EpochRecord(
-                    epoch=epoch, train_loss=loss_total.item() / seen_total.item(),
-                    train_acc=correct_total.item() / seen_total.item(), test_loss=result.loss,
-                    test_acc=result.accuracy, lr=optimizer.param_groups[0]["lr"],
-                    seconds=time.perf_counter() - started, images=int(seen_total.item()),
-                    val_loss=held.loss if held else None, val_acc=held.accuracy if held else None)
-                history.append(record)
-                if record.score > run.best_acc:
-                    run.best_epoch, run.best_acc = epoch, record.score
-                    save_checkpoint(out_dir / "best.safetensors", Checkpoint(
-                        model_config, judged.state_dict(), epoch=epoch, metrics=_metrics(record)))
-                save_last(epoch, None, _metrics(record))
-                write_history(out_dir / "history.json", history)
-                observer.epoch_end(record)
-            if _sum_across(dist, device, float(stop.received or 0))[0].item() and epoch < settings.epochs:
-                raise TrainingInterrupted(stop.received or signal.SIGTERM, out_dir / "last.safetensors",
-                                          epoch + 1, 0)
-
-    return TrainResult(history=history, out_dir=out_dir, best_epoch=run.best_epoch, best_acc=run.best_acc)
-
 
 def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch  # AugmentedBatches already returns whole batches
 
 
-def _metrics(record: EpochRecord) -> dict[str, float]:
-    keys = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
-    return {k: getattr(record, k) for k in keys if getattr(record, k) is not None}
+def _worker_ignores_sigint(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process decides when to stop, workers keep feeding.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def write_history(path: Path, history: list[EpochRecord]) -> None:
-    try:
-        write_atomic(path, (json.dumps([asdict(r) for r in history], indent=1) + "\n").encode())
-    except OSError as e:
-        raise CifarError(f"cannot write {path}: {e.strerror or e}") from None
+# --- training ----------------------------------------------------------------------------------------
+
+def train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, epoch: int,
+               step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on one batch; returns the loss, the logits and the labels, on the device."""
+    torch.manual_seed(derive_seed(t.settings.seed, epoch, t.dist.rank, step, DROPOUT_STREAM))
+    x, y = to_device(images, t.device), labels.to(t.device, non_blocking=True)
+    with autocast(t.device, t.amp_dtype):
+        logits = t.ddp_model(x).float()
+    loss = F.cross_entropy(logits, y, label_smoothing=t.settings.label_smoothing)
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss).backward()
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    t.scheduler.step()
+    if t.average is not None:
+        t.average.update((epoch - 1) * t.steps_per_epoch + step)
+    return loss, logits, y
 
 
-def read_history(path: Path) -> list[EpochRecord]:
-    """A run's history.json (or the run folder holding it) as records."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "history.json"
-    try:
-        rows = json.loads(path.read_text())
-        return [EpochRecord(**row) for row in rows]
-    except FileNotFoundError:
-        raise CifarError(f"history not found: {path}") from None
-    except OSError as e:
-        raise CifarError(f"cannot read {path}: {e.strerror or e}") from None
-    except (ValueError, TypeError):
-        raise CifarError(f"{path} is not a cifar train history.json") from None
+def train_one_epoch(t: Trainer, start: EpochTotals, stop: StopSignals, observer: TrainObserver,
+                    log_every: int = 10) -> EpochTotals:
+    """Train on this process's share of one epoch from `start`; returns the totals of all processes.
+
+    Raises _StopRequested when a stop signal arrived (alone: after this step; in a group: at the next
+    log step, where all processes agree), and _Diverged when the loss became non-finite.
+    """
+    epoch = start.epoch
+    t.plan.set_epoch(epoch, start.batches)
+    observer.epoch_start(epoch, t.settings.epochs, t.steps_per_epoch, start.batches)
+    t.model.train()
+    carried = start if t.dist.main else EpochTotals(epoch)  # the sums saved so far are counted once, by rank 0
+    # Running sums stay on the device; reading them is the loop's only wait, once per log interval.
+    loss_sum = torch.tensor(carried.loss_sum, device=t.device)
+    correct = torch.tensor(carried.correct, device=t.device)
+    seen = carried.seen
+    first_bad = torch.zeros((), dtype=torch.int64, device=t.device)
+    for step, (images, labels) in enumerate(t.loader, start=start.batches + 1):
+        loss, logits, y = train_step(t, images, labels, epoch, step)
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
+
+        asked_alone = stop.received is not None and t.dist.world == 1
+        sync_now = step % log_every == 0 or step == t.steps_per_epoch or asked_alone
+        if not sync_now:
+            continue
+        bad, stopping, *sums = _sum_across(t, first_bad > 0, float(stop.received or 0), loss_sum, correct, seen)
+        if bad.item():
+            raise _Diverged(_first_bad_step(t, first_bad))
+        totals = EpochTotals(epoch, step, sums[0].item(), int(sums[1].item()), int(sums[2].item()))
+        observer.step(step, totals.loss_sum / totals.seen, totals.correct / totals.seen)
+        if stopping.item():
+            raise _StopRequested(totals)
+    loss_sum, correct, seen = _sum_across(t, loss_sum, correct, seen)
+    return EpochTotals(epoch, t.steps_per_epoch, loss_sum.item(), int(correct.item()), int(seen.item()))
 
 
-def ensure_writable(out_dir: Path) -> None:
-    """Fail before an hour of training, not after it, if results cannot be saved."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise CifarError(f"--out {out_dir} is not writable: {e.strerror or e}") from None
+def _sum_across(t: Trainer, *values: torch.Tensor | float) -> list[torch.Tensor]:
+    """Element-wise sums over all processes (a no-op alone); every process must call it at the same point."""
+    if t.dist.world == 1:
+        return [torch.as_tensor(v) for v in values]
+    packed = torch.stack([torch.as_tensor(v, device=t.device).double() for v in values])
+    torch_dist.all_reduce(packed)
+    return list(packed.unbind())
+
+
+def _first_bad_step(t: Trainer, first_bad: torch.Tensor) -> int:
+    """The first step at which any process saw a non-finite loss (each knows only its own)."""
+    step = first_bad.clone() if first_bad.item() else torch.tensor(2**62, device=t.device)
+    if t.dist.world > 1:
+        torch_dist.all_reduce(step, op=torch_dist.ReduceOp.MIN)
+    return int(step.item())
+
+
+def _judge_epoch(t: Trainer, state: RunState, totals: EpochTotals, test_split: Split, val_split: Split | None,
+                 out_dir: Path, seconds: float) -> EpochRecord:
+    """Evaluate the epoch's weights, keep the best, save last.safetensors and history.json (rank 0 only)."""
+    test = evaluate(t.eval_model, test_split, t.device, amp_dtype=t.amp_dtype, tta=t.settings.tta)
+    held = evaluate(t.eval_model, val_split, t.device, amp_dtype=t.amp_dtype, tta=t.settings.tta) if val_split else None
+    record = EpochRecord(
+        epoch=totals.epoch, train_loss=totals.loss_sum / totals.seen, train_acc=totals.correct / totals.seen,
+        test_loss=test.loss, test_acc=test.accuracy, lr=t.optimizer.param_groups[0]["lr"], seconds=seconds,
+        images=totals.seen, val_loss=held.loss if held else None, val_acc=held.accuracy if held else None)
+    state.history.append(record)
+    if record.score > state.best_acc:
+        state.best_epoch, state.best_acc = record.epoch, record.score
+        save_checkpoint(out_dir / BEST, Checkpoint(t.spec, t.eval_model.state_dict(), epoch=record.epoch,
+                                                   metrics=record.metrics()))
+    state.position = None
+    _save_last(t, state, out_dir)
+    write_history(out_dir / HISTORY, state.history)
+    return record
+
+
+def _save_last(t: Trainer, state: RunState, out_dir: Path) -> None:
+    """last.safetensors: the weights after the last finished epoch (or at a mid-epoch stop) and the
+    optimizer, schedule and run state that --resume continues from."""
+    optimizer_tensors, state.optimizer = flatten_optimizer(t.optimizer)
+    state.scheduler, state.scaler = t.scheduler.state_dict(), t.scaler.state_dict()
+    epoch = len(state.history)
+    save_checkpoint(out_dir / LAST, Checkpoint(
+        t.spec, t.eval_model.state_dict(), epoch=epoch,
+        metrics=state.history[-1].metrics() if state.history else {},
+        raw_state=t.model.state_dict() if t.average is not None else {},
+        optimizer_tensors=optimizer_tensors, train_state=state.to_json()))
+
+
+def _on_disk(state: RunState, resumed: bool) -> str:
+    """What last.safetensors holds right now, in words, for messages that say what survived."""
+    if state.history:
+        return f"last.safetensors keeps epoch {len(state.history)}"
+    return "last.safetensors keeps the resumed state" if resumed else "no checkpoint was written yet"
+
+
+def _interrupted(stop: StopSignals, out_dir: Path, epoch: int, step: int) -> TrainingInterrupted:
+    return TrainingInterrupted(stop.received or signal.SIGTERM, out_dir / LAST, epoch, step)
+
+
+def _prepare_out_dir(stack: ExitStack, out_dir: Path, t: Trainer, sizes: dict[str, int]) -> None:
+    """Rank 0 owns the run folder: writable, locked for this run, with settings.json saying what it does."""
+    ensure_writable(out_dir)
+    stack.enter_context(lock_out_dir(out_dir))
+    write_settings(out_dir, {"settings": t.settings.to_dict(), "model": t.spec.to_dict(), "data": sizes,
+                             "device": str(t.device), "processes": t.dist.world,
+                             "amp": str(t.amp_dtype).removeprefix("torch.") if t.amp_dtype else None,
+                             "torch": torch.__version__, "cifar_cli": __version__})
+
+
+def train(
+    settings: TrainSettings,
+    train_split: Split,
+    test_split: Split,
+    out_dir: Path,
+    device: torch.device,
+    model_spec: ModelSpec | None = None,
+    runtime: Runtime | None = None,
+    resume: Checkpoint | None = None,
+    observer: TrainObserver | None = None,
+    dist: Distributed | None = None,
+    log_every: int = 10,
+) -> TrainResult:
+    """Train from scratch or from `resume`; writes last/best checkpoints, history.json and settings.json.
+
+    Raises TrainingInterrupted after saving, on SIGINT/SIGTERM; CifarError on bad input or divergence.
+    """
+    settings.validate(len(train_split))
+    runtime, dist, out_dir = runtime or Runtime(), dist or Distributed(), Path(out_dir)
+    observer = observer if (observer is not None and dist.main) else _Silent()
+    state = RunState.resume(resume, settings) if resume is not None else RunState(settings)
+    train_split, val_split = hold_out(train_split, settings.val_split) if settings.val_split else (train_split, None)
+    runtime.configure(device, dist)
+    spec = model_spec or (resume.model if resume is not None else preset_spec())
+    t = build_trainer(settings, spec, train_split, device, runtime, dist, resume, state)
+
+    with ExitStack() as stack:
+        if dist.main:
+            sizes = {"train": len(train_split), "held_out": settings.val_split, "test": len(test_split)}
+            _prepare_out_dir(stack, out_dir, t, sizes)
+        stop = stack.enter_context(StopSignals())
+        for epoch in range(len(state.history) + 1, settings.epochs + 1):
+            started = time.perf_counter()
+            try:
+                totals = train_one_epoch(t, state.start_of(epoch), stop, observer, log_every)
+            except _StopRequested as at:
+                if dist.main:
+                    state.position = at.totals
+                    _save_last(t, state, out_dir)
+                raise _interrupted(stop, out_dir, epoch, at.totals.batches) from None
+            except _Diverged as bad:
+                raise CifarError(f"training diverged: the loss became non-finite at epoch {epoch}, step "
+                                 f"{bad.step}; {_on_disk(state, resume is not None)}; try a lower --lr "
+                                 f"(now {settings.lr})") from None
+            if dist.main:
+                observer.epoch_end(_judge_epoch(t, state, totals, test_split, val_split, out_dir,
+                                                time.perf_counter() - started))
+            if _sum_across(t, float(stop.received or 0))[0].item() and epoch < settings.epochs:
+                raise _interrupted(stop, out_dir, epoch + 1, 0)
+    return TrainResult(state.history, out_dir, state.best_epoch, state.best_acc)

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
-from cifar_cli.engine import EpochRecord, EvalResult
 from cifar_cli.errors import CifarError
 from cifar_cli.receptive_field import RFLayer
+from cifar_cli.records import EpochRecord, EvalResult
 from cifar_cli.rules import Rule
 
 
@@ -44,6 +45,17 @@ def rules_table(rules: list[Rule]) -> Table:
     table.add_column("measured")
     for r in rules:
         table.add_row(r.name, "[green]pass[/]" if r.passed else "[bold red]FAIL[/]", r.figure)
+    return table
+
+
+def presets_table(rows: list[dict]) -> Table:
+    """`cifar models`: one row per preset."""
+    table = Table(title="Built-in networks (--model NAME)", title_justify="left")
+    for col in ("name", "parameters", "RF", "rules", "description"):
+        table.add_column(col, justify="right" if col in ("parameters", "RF") else "left")
+    for r in rows:
+        verdict = "[green]all pass[/]" if r["passed"] else "[bold red]fails:[/] " + escape(", ".join(r["failed"]))
+        table.add_row(r["name"], f"{r['parameters']:,}", str(r["receptive_field"]), verdict, r["description"])
     return table
 
 

@@ -100,3 +100,27 @@ def safetensors_header(raw: bytes) -> tuple[dict, bytes]:
     """A safetensors file's JSON header (tensor entries and __metadata__) and the tensor bytes after it."""
     n = int.from_bytes(raw[:8], "little")
     return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def history_without_times(out: Path) -> list[dict]:
+    """A run's history.json minus the wall-clock seconds: what must be equal between equal runs."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((out / "history.json").read_text())]
+
+
+class Exploit:
+    """Unpickling this creates a file: the classic pickle code-execution trick, aimed at `target`."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (str(self.target), "w"))
+
+
+NETWORK_HEADER = "import torch\nfrom torch import nn\nimport torch.nn.functional as F\n\n"
+
+
+def write_network(path: Path, body: str) -> str:
+    """Write a user's network file and return the --model spec that names it (`path:Net`)."""
+    path.write_text(NETWORK_HEADER + body)
+    return f"{path}:Net"

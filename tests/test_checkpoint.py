@@ -15,20 +15,20 @@ from cifar_cli import checkpoint as ckpt_mod
 from cifar_cli.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from cifar_cli.data import CLASSES, MEAN, STD
 from cifar_cli.errors import CifarError
-from cifar_cli.models import NetConfig, build_model
+from cifar_cli.models import create_model, preset_spec
 
 
 @pytest.fixture
 def saved(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(0)
-    model = build_model().eval()
+    model = create_model(preset_spec()).eval()
     with torch.no_grad():  # make BatchNorm statistics non-trivial so they must round-trip too
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-1, 1)
                 m.running_var.uniform_(0.5, 2)
     path = tmp_path / "model.safetensors"
-    save_checkpoint(path, Checkpoint(NetConfig(), model.state_dict(), epoch=7, metrics={"test_acc": 0.5}))
+    save_checkpoint(path, Checkpoint(preset_spec(), model.state_dict(), epoch=7, metrics={"test_acc": 0.5}))
     return path, model
 
 
@@ -36,7 +36,7 @@ def test_round_trip_reproduces_outputs_exactly(saved: tuple[Path, torch.nn.Modul
     path, model = saved
     loaded = load_checkpoint(path)
     assert (loaded.epoch, loaded.metrics, loaded.classes) == (7, {"test_acc": 0.5}, CLASSES)
-    assert (loaded.mean, loaded.std, loaded.config) == (MEAN, STD, NetConfig())
+    assert (loaded.mean, loaded.std, loaded.model) == (MEAN, STD, preset_spec())
     rebuilt = model_from_checkpoint(loaded).eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -48,7 +48,7 @@ def test_every_header_length_loads(saved: tuple[Path, torch.nn.Module]) -> None:
     path, model = saved
     first_bytes = set()
     for pad in range(0, 300, 8):  # the header grows 8 bytes at a time: every low byte comes round
-        save_checkpoint(path, Checkpoint(NetConfig(), model.state_dict(), metrics={"pad": "x" * pad}))
+        save_checkpoint(path, Checkpoint(preset_spec(), model.state_dict(), metrics={"pad": "x" * pad}))
         first_bytes.add(path.read_bytes()[0])
         assert load_checkpoint(path).metrics["pad"] == "x" * pad
     assert 0x80 in first_bytes
@@ -63,7 +63,7 @@ def test_write_is_atomic(saved: tuple[Path, torch.nn.Module], monkeypatch: pytes
 
     monkeypatch.setattr(ckpt_mod.os, "replace", crash)
     with pytest.raises(CifarError, match="No space left"):
-        save_checkpoint(path, Checkpoint(NetConfig(), model.state_dict(), epoch=8))
+        save_checkpoint(path, Checkpoint(preset_spec(), model.state_dict(), epoch=8))
     assert path.read_bytes() == before
     assert os.listdir(path.parent) == [path.name]  # no temp file left behind
 
@@ -93,11 +93,12 @@ def _bad_files(saved_path: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
 
     state = load_checkpoint(saved_path)
     other_arch = tmp / "other_arch.safetensors"
-    meta = _metadata(saved_path) | {"model_config": json.dumps({**NetConfig().to_dict(), "arch": "resnet18"})}
+    meta = _metadata(saved_path) | {"model": json.dumps({"name": "resnet18"})}
     save_file({f"model.{k}": v for k, v in state.model_state.items()}, other_arch, metadata=meta)
     files["other_arch"] = (other_arch, "another architecture")
     wrong_widths = tmp / "wrong_widths.safetensors"
-    meta = _metadata(saved_path) | {"model_config": json.dumps(NetConfig(widths=(16, 32, 64, 96)).to_dict())}
+    narrow = {"name": "cifarnet-ds", "config": {"widths": [16, 32, 64, 96]}}
+    meta = _metadata(saved_path) | {"model": json.dumps(narrow)}
     save_file({f"model.{k}": v for k, v in state.model_state.items()}, wrong_widths, metadata=meta)
     files["wrong_widths"] = (wrong_widths, "does not match")
     bad_json = tmp / "bad_json.safetensors"

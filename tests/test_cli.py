@@ -9,13 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, cli
+from conftest import assert_clean_error, cli, write_network
 from PIL import Image
-from torch import nn
 
-import cifar_cli.models
 from cifar_cli import __version__
-from cifar_cli.models import build_model
+from cifar_cli.models import CifarNet, NetConfig
 from cifar_cli.receptive_field import total_receptive_field
 from cifar_cli.rules import count_parameters
 
@@ -25,7 +23,7 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "cifar"
 def test_summary_shows_layers_and_passing_rules() -> None:
     result = cli("summary")
     assert result.exit_code == 0, result.stderr
-    params = count_parameters(build_model())
+    params = count_parameters(CifarNet(NetConfig()))
     assert f"Total params: {params:,}" in result.stdout
     assert "Conv2d" in result.stdout and "[1, 192, 4, 4]" in result.stdout
     for rule in ("no max-pooling", "depthwise-separable", "dilated", "receptive field > 44", "BatchNorm"):
@@ -37,27 +35,29 @@ def test_summary_json() -> None:
     result = cli("summary", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert data["passed"] and data["parameters"] == count_parameters(build_model()) < 200_000
+    assert data["passed"] and data["parameters"] == count_parameters(CifarNet(NetConfig())) < 200_000
     assert {r["name"] for r in data["rules"] if r["passed"]} == {r["name"] for r in data["rules"]}
     convs = [layer for layer in data["layers"] if layer["type"] == "Conv2d"]
     assert sum(layer["params"] for layer in data["layers"]) == data["parameters"]
     assert convs[0]["output_shape"] == [1, 32, 32, 32] and convs[0]["kernel"] == [3, 3]
 
 
-def test_summary_exits_non_zero_when_a_rule_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    def with_max_pool(config: object = None) -> nn.Module:
-        model = build_model()
-        model.c2[0] = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1))
-        return model
+def test_summary_exits_non_zero_when_a_rule_fails(tmp_path: Path) -> None:
+    spec = write_network(tmp_path / "pooled.py", """
+from cifar_cli.models import CifarNet, NetConfig
 
-    monkeypatch.setattr(cifar_cli.models, "build_model", with_max_pool)
-    result = cli("summary")
+def Net():
+    model = CifarNet(NetConfig())
+    model.c2[0] = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1))
+    return model
+""")
+    result = cli("summary", "--model", spec)
     assert result.exit_code == 1 and result.exception is None
     assert "FAIL" in result.stdout and "c2.0.0" in result.stdout
 
 
 def test_receptive_field_table_and_json() -> None:
-    total = total_receptive_field(build_model())
+    total = total_receptive_field(CifarNet(NetConfig()))
     result = cli("receptive-field")
     assert result.exit_code == 0
     assert f"Total receptive field: {total} pixels" in result.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, cli
+from conftest import Exploit, assert_clean_error, cli
 
 from cifar_cli.data import FOLDER, load_split
 from cifar_cli.errors import CifarError
@@ -65,20 +65,10 @@ def test_wrongly_shaped_batch_is_a_clean_error(tiny_data: Path, tmp_path: Path) 
         load_split(tmp_path, train=False)
 
 
-class _Exploit:
-    """Unpickling this would create a file: the classic pickle code-execution trick."""
-
-    def __init__(self, target: Path):
-        self.target = target
-
-    def __reduce__(self):  # noqa: ANN204
-        return (open, (str(self.target), "w"))
-
-
 def test_malicious_pickle_is_refused_without_running(tiny_data: Path, tmp_path: Path) -> None:
     folder = _copy(tiny_data, tmp_path)
     marker = tmp_path / "pwned"
-    (folder / "test_batch").write_bytes(pickle.dumps({"data": _Exploit(marker)}, protocol=2))
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": Exploit(marker)}, protocol=2))
     with pytest.raises(CifarError, match="refusing to load"):
         load_split(tmp_path, train=False)
     assert not marker.exists()

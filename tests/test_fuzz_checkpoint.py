@@ -18,19 +18,19 @@ from hypothesis import strategies as st
 
 from cifar_cli.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from cifar_cli.errors import CifarError
-from cifar_cli.models import NetConfig, build_model
+from cifar_cli.models import ModelSpec, NetConfig, create_model
 
 CASES = 300  # per test below; four tests
 FUZZ = settings(max_examples=CASES, derandomize=True, deadline=timedelta(seconds=10), database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-SMALL = NetConfig(widths=(4, 4, 8, 8))
+SMALL = ModelSpec("cifarnet-ds", NetConfig(widths=(4, 4, 8, 8)).to_dict())
 
 
 @pytest.fixture(scope="module")
 def valid(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("fuzz") / "valid.safetensors"
     torch.manual_seed(0)
-    save_checkpoint(path, Checkpoint(SMALL, build_model(SMALL).state_dict(), epoch=3, metrics={"test_acc": 0.5}))
+    save_checkpoint(path, Checkpoint(SMALL, create_model(SMALL).state_dict(), epoch=3, metrics={"test_acc": 0.5}))
     return path.read_bytes()
 
 
@@ -49,7 +49,7 @@ def _loads_or_refuses(raw: bytes, tmp_path: Path) -> None:
         assert str(e) and "\n" not in str(e)
         return
     with torch.no_grad():
-        assert model.eval()(torch.zeros(1, 3, 32, 32)).shape[-1] == model.config.num_classes
+        assert model.eval()(torch.zeros(1, 3, 32, 32)).shape[-1] == 10
 
 
 def test_the_unmangled_file_loads(valid: bytes, tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ _json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
     max_leaves=20)
 _configs = st.fixed_dictionaries({}, optional={
-    "arch": st.sampled_from(["cifarnet-ds", "resnet18", ""]) | st.text(max_size=10),
+    "channels": st.integers(min_value=-2, max_value=10**6) | _json_values,
     "widths": st.lists(st.integers(min_value=-2, max_value=10**6) | st.booleans(), max_size=6) | _json_values,
     "num_classes": st.integers(min_value=-5, max_value=10**12) | _json_values,
     "dropout": st.floats(allow_nan=True) | _json_values,
@@ -128,8 +128,9 @@ def test_metadata_that_is_not_json_or_names_another_architecture(valid: bytes, t
         meta[key] = data.draw(st.text(max_size=40))
     elif choice == "json":
         meta[key] = json.dumps(data.draw(_json_values))
-    elif choice == "config":
-        meta["model_config"] = json.dumps(data.draw(_configs))
+    elif choice == "config":  # a preset with forged settings, or a user network (never imported)
+        name = data.draw(st.sampled_from(["cifarnet-ds", "s9-reference", "net.py:Net", "os:system"]) | st.text())
+        meta["model"] = json.dumps({"name": name, "config": data.draw(_configs), "class": data.draw(_json_values)})
     elif choice == "drop":
         meta.pop(key, None)
     else:

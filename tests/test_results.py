@@ -16,8 +16,9 @@ from PIL import Image
 import cifar_cli.checkpoint as checkpoint_module
 from cifar_cli.checkpoint import PACKAGED_CHECKPOINT, load_checkpoint, model_from_checkpoint
 from cifar_cli.data import CLASSES, Split, hold_out, load_split
-from cifar_cli.engine import TrainSettings, evaluate, predict
+from cifar_cli.engine import evaluate, predict
 from cifar_cli.rules import check_rules
+from cifar_cli.settings import TrainSettings
 
 CPU = torch.device("cpu")
 README = Path(__file__).parents[1] / "README.md"

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar_cli.models import build_model
+from cifar_cli.models import CifarNet, NetConfig
 from cifar_cli.receptive_field import empirical_receptive_field, receptive_field, total_receptive_field
 from cifar_cli.rules import check_rules, count_parameters
 
@@ -17,7 +17,7 @@ def _verdicts(model: nn.Module) -> dict[str, bool]:
 
 
 def test_default_network_passes_every_rule() -> None:
-    rules = check_rules(build_model())
+    rules = check_rules(CifarNet(NetConfig()))
     assert all(r.passed for r in rules), [r for r in rules if not r.passed]
     assert len(rules) == 8
 
@@ -82,9 +82,7 @@ def test_receptive_field_by_hand() -> None:
 
 @pytest.mark.parametrize("widths", [(32, 64, 128, 192), (8, 8, 16, 16)])
 def test_analytic_receptive_field_matches_the_gradient(widths: tuple[int, int, int, int]) -> None:
-    from cifar_cli.models import NetConfig
-
-    model = build_model(NetConfig(widths=widths))
+    model = CifarNet(NetConfig(widths=widths))
     features = nn.Sequential(model.c1, model.c2, model.c3, model.c4)
     analytic = total_receptive_field(model)
     assert analytic > 44

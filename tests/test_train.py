@@ -11,7 +11,8 @@ from conftest import TRAIN_ARGS, assert_clean_error, cli
 
 from cifar_cli.checkpoint import load_checkpoint
 from cifar_cli.data import load_split
-from cifar_cli.engine import TrainSettings, train
+from cifar_cli.engine import train
+from cifar_cli.settings import TrainSettings
 
 RESULT_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images", "val_loss",
                "val_acc"}
@@ -32,7 +33,7 @@ def test_a_short_run_really_learns(trained_run: Path) -> None:
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
     assert history[-1]["test_acc"] >= 0.6  # chance is 0.1
     visible = {p.name for p in trained_run.iterdir() if not p.name.startswith(".")}
-    assert visible == {"best.safetensors", "last.safetensors", "history.json"}
+    assert visible == {"best.safetensors", "last.safetensors", "history.json", "settings.json"}
 
 
 def test_checkpoint_metadata_describes_the_run(trained_run: Path) -> None:

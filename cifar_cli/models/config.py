@@ -1,42 +1,82 @@
-"""The network's configuration: everything needed to rebuild it, written into every checkpoint."""
+"""Preset settings: small frozen dataclasses, written into every checkpoint as plain JSON.
+
+`config_from_dict` is the one way back from JSON: it refuses unknown fields and values of the wrong
+kind, and each config's `__post_init__` refuses values out of range, so a forged checkpoint cannot make
+us build something absurd.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-ARCH = "cifarnet-ds"  # bump when the layer layout changes, so old checkpoints are refused, not misread
+Config = TypeVar("Config")
 
 
 @dataclass(frozen=True)
 class NetConfig:
-    arch: str = ARCH
-    widths: tuple[int, int, int, int] = (32, 64, 128, 192)  # channels of blocks C1..C4
+    """cifarnet-ds: the widths of blocks C1..C4, the classes, and the dropout before the classifier."""
+
+    widths: tuple[int, int, int, int] = (32, 64, 128, 192)
     num_classes: int = 10
     dropout: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not all(0 < w <= 4096 for w in self.widths):
+            raise ValueError(f"widths must be four integers in 1..4096, not {list(self.widths)}")
+        _check_common(self.num_classes, self.dropout)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NetConfig:
-        """Rebuild from `to_dict` output; raises ValueError on anything it cannot represent."""
-        if not isinstance(data, dict):
-            raise ValueError("model config is not an object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        if unknown := sorted(set(data) - known):
-            raise ValueError(f"unknown model config fields: {', '.join(unknown)}")
-        if data.get("arch", ARCH) != ARCH:
-            raise ValueError(f"architecture {data.get('arch')!r} is not {ARCH!r}")
-        widths = data.get("widths", cls.widths)
-        if not (isinstance(widths, (list, tuple)) and len(widths) == 4
-                and all(isinstance(w, int) and 0 < w <= 4096 for w in widths)):
-            raise ValueError(f"widths must be four positive integers, not {widths!r}")
-        num_classes = data.get("num_classes", cls.num_classes)
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, not {num_classes!r}")
-        dropout = data.get("dropout", cls.dropout)
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), not {dropout!r}")
-        return cls(widths=tuple(widths), num_classes=num_classes, dropout=float(dropout))
+
+@dataclass(frozen=True)
+class S9Config:
+    """s9-reference: `channels` is the reference's n_channels (38); its 1x1 transitions halve it."""
+
+    channels: int = 38
+    num_classes: int = 10
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (2 <= self.channels <= 4096 and self.channels % 2 == 0):
+            raise ValueError(f"channels must be an even integer in 2..4096, not {self.channels}")
+        _check_common(self.num_classes, self.dropout)
+
+
+def _check_common(num_classes: int, dropout: float) -> None:
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, not {num_classes}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), not {dropout}")
+
+
+def _kind_matches(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(default, tuple):
+        return (isinstance(value, (list, tuple)) and len(value) == len(default)
+                and all(_kind_matches(v, d) for v, d in zip(value, default)))
+    return isinstance(value, type(default))
+
+
+def config_from_dict(cls: type[Config], data: Any) -> Config:
+    """Rebuild a config from its JSON form; raises ValueError naming what it cannot represent."""
+    if not isinstance(data, dict):
+        raise ValueError("model config is not an object")
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(data) - set(defaults)):
+        raise ValueError(f"unknown model config fields: {', '.join(map(str, unknown))}")
+    values = {}
+    for name, default in defaults.items():
+        value = data.get(name, default)
+        if not _kind_matches(value, default):
+            raise ValueError(f"{name} must be like {default!r}, not {value!r}")
+        values[name] = tuple(value) if isinstance(default, tuple) else type(default)(value)
+    return cls(**values)

@@ -41,7 +41,3 @@ class CifarNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.gap(self.c4(self.c3(self.c2(self.c1(x))))))
-
-
-def build_model(config: NetConfig | None = None) -> CifarNet:
-    return CifarNet(config or NetConfig())

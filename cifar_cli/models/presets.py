@@ -1,0 +1,20 @@
+"""The built-in networks. Adding one is one decorated factory here."""
+
+from __future__ import annotations
+
+from cifar_cli.models.config import NetConfig, S9Config
+from cifar_cli.models.net import CifarNet
+from cifar_cli.models.registry import register_model
+from cifar_cli.models.s9 import S9Reference
+
+DEFAULT_MODEL = "cifarnet-ds"
+
+
+@register_model("cifarnet-ds", "residual depthwise-separable C1-C4, strided and dilated; the default")
+def cifarnet_ds(config: NetConfig = NetConfig()) -> CifarNet:  # noqa: B008 - frozen, never mutated
+    return CifarNet(config)
+
+
+@register_model("s9-reference", "the assignment's reference network, rebuilt layer for layer")
+def s9_reference(config: S9Config = S9Config()) -> S9Reference:  # noqa: B008 - frozen, never mutated
+    return S9Reference(config)

@@ -1,0 +1,74 @@
+"""What the loops return: plain dataclasses, free of torch, that the face prints and history.json holds."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cifar_cli.data import CLASSES
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    classes: tuple[str, ...] = CLASSES
+
+    @property
+    def per_class(self) -> list[dict[str, Any]]:
+        rows = []
+        for i, name in enumerate(self.classes):
+            total = sum(self.confusion[i])
+            predicted = sum(r[i] for r in self.confusion)
+            hits = self.confusion[i][i]
+            rows.append({"class": name, "count": total, "correct": hits,
+                         "accuracy": hits / total if total else 0.0,
+                         "precision": hits / predicted if predicted else 0.0})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, "accuracy": self.accuracy, "per_class": self.per_class,
+                "confusion": self.confusion, "classes": list(self.classes)}
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    lr: float
+    seconds: float
+    images: int  # training images seen this epoch, all processes together
+    val_loss: float | None = None  # on the held-out slice, when --val-split is given
+    val_acc: float | None = None
+
+    @property
+    def score(self) -> float:
+        """What picks the best epoch: held-out accuracy when there is a held-out slice, else test accuracy."""
+        return self.test_acc if self.val_acc is None else self.val_acc
+
+    def metrics(self) -> dict[str, float]:
+        """The figures a checkpoint of this epoch carries in its metadata."""
+        keys = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord]
+    out_dir: Path
+    best_epoch: int
+    best_acc: float  # the best epoch's score (val_acc with --val-split, else test_acc)
+
+    @property
+    def best_by(self) -> str:
+        return "val_acc" if self.history and self.history[-1].val_acc is not None else "test_acc"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"history": [asdict(r) for r in self.history], "out_dir": str(self.out_dir),
+                "best_epoch": self.best_epoch, "best_acc": self.best_acc, "best_by": self.best_by,
+                "last": str(self.out_dir / "last.safetensors"), "best": str(self.out_dir / "best.safetensors")}

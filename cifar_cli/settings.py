@@ -1,0 +1,79 @@
+"""What a training run is asked to do: the settings, their defaults and their checks, in one place.
+
+Torch-free, so the command line can read the defaults for its --help texts without loading torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from cifar_cli.errors import CifarError
+
+DEVICES = ("auto", "cuda", "cpu", "mps")  # --device choices; auto picks CUDA, then MPS, then CPU
+MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch.manual_seed both take it
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides the result of a run (device, workers and AMP on the CPU do not)."""
+
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 0.1  # peak of the one-cycle schedule
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # on conv/linear weights only, not BatchNorm or biases
+    label_smoothing: float = 0.1
+    seed: int = 0
+    val_split: int = 0  # training images held out to judge settings by (0: train on all of them)
+    ema: float = 0.0  # per-step decay of a weight average that is evaluated and saved instead (0: off)
+    tta: bool = True  # evaluate on each image and its mirror image, averaging the logits (+0.4 pt held-out)
+
+    def validate(self, train_size: int | None = None) -> None:
+        """Refuse impossible settings; `train_size` also bounds the held-out slice."""
+        if self.epochs < 1:
+            raise CifarError(f"--epochs must be at least 1, not {self.epochs}")
+        if self.batch_size < 1:
+            raise CifarError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise CifarError(f"--lr must be a positive number, not {self.lr}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise CifarError(f"--seed must be between 0 and {MAX_SEED}, not {self.seed}")
+        if self.val_split < 0 or (train_size is not None and self.val_split >= train_size):
+            bound = f" and below the {train_size:,} training images" if train_size is not None else ""
+            raise CifarError(f"--val-split must be >= 0{bound}, not {self.val_split}")
+        if not 0 <= self.ema < 1:
+            raise CifarError(f"--ema must be a decay in [0, 1) (0 turns it off), not {self.ema}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrainSettings | None:
+        """Settings as a checkpoint stored them, or None if they are not all there with the right kinds."""
+        try:
+            settings = cls(**data)
+        except TypeError:
+            return None
+        return settings if _well_typed(settings) else None
+
+    def with_options(self, **given: Any) -> TrainSettings:
+        """These settings with the options the user gave (None: not given) put over them."""
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
+
+    def differences(self, other: TrainSettings) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+DEFAULTS = TrainSettings()
+
+
+def _well_typed(settings: TrainSettings) -> bool:
+    """Every field holds its kind of value (ints stay ints; a float field also takes an int; flags are bools)."""
+    for f in fields(settings):
+        value, default = getattr(settings, f.name), f.default
+        wanted = bool if isinstance(default, bool) else (int, float) if isinstance(default, float) else int
+        if isinstance(value, bool) != (wanted is bool) or not isinstance(value, wanted):
+            return False
+    return True
