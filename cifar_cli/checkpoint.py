@@ -281,7 +281,7 @@ def convert_pytorch_checkpoint(src: Path, dst: Path, model: ModelSpec | None = N
             name = name.removeprefix(prefix)
         state[name] = tensor
     ckpt = Checkpoint(model or preset_spec(), state, metrics={"converted_from": src.name})
-    model_from_checkpoint(ckpt, src)  # refuses weights of another architecture
+    model_from_checkpoint(ckpt, src, given=ckpt.model)  # refuses weights of another architecture
     save_checkpoint(dst, ckpt)
     return ckpt
 

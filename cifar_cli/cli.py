@@ -47,9 +47,7 @@ err = Console(stderr=True, highlight=False)
 def _literal(value: object) -> str:
     """A path, name or message from the user or a file, shown as written: '[red]' stays '[red]', and
     control characters (terminal escape codes) are shown as escapes instead of acting on the terminal."""
-    text = str(value)
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        text = text.encode("unicode_escape").decode("ascii")
+    text = "".join(c if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127) else repr(c)[1:-1] for c in str(value))
     return escape(text)
 
 
@@ -512,14 +510,16 @@ def convert(
                                            dir_okay=False, show_default=False)],
     target: Annotated[Path, typer.Argument(help="The .safetensors checkpoint to write.", dir_okay=False,
                                            show_default=False)],
+    model: ModelOption = None,
 ) -> None:
-    """Convert a PyTorch .pt/.pth state_dict of the default network to a .safetensors checkpoint, safely.
+    """Convert a PyTorch .pt/.pth state_dict of a network (--model) to a .safetensors checkpoint, safely.
 
     The file is read with torch.load(weights_only=True), which refuses pickles that would run code.
     """
     from cifar_cli.checkpoint import convert_pytorch_checkpoint
+    from cifar_cli.models import resolve_model
 
-    ckpt = convert_pytorch_checkpoint(source, target)
+    ckpt = convert_pytorch_checkpoint(source, target, resolve_model(model))
     out.print(f"Wrote {_literal(target)} ({len(ckpt.model_state)} tensors, {ckpt.model.describe()})")
 
 

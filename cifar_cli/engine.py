@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import signal
 import time
+import warnings
 from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,6 +67,11 @@ from cifar_cli.run_folder import (
 )
 from cifar_cli.runtime import Distributed, Runtime, memory_format
 from cifar_cli.settings import TrainSettings
+
+# With fp16, the loss scaler skips a step whose gradients overflowed; the schedule still moves on, as it
+# must for resume to stay exact, and torch's warning about that order is noise here.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning)
+LOG_EVERY = 10  # steps between the loop's reads of the device (progress, stop and divergence checks)
 
 # --- evaluation --------------------------------------------------------------------------------------
 
@@ -352,8 +358,7 @@ def train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, epoch: in
     return loss, logits, y
 
 
-def train_one_epoch(t: Trainer, start: EpochTotals, stop: StopSignals, observer: TrainObserver,
-                    log_every: int = 10) -> EpochTotals:
+def train_one_epoch(t: Trainer, start: EpochTotals, stop: StopSignals, observer: TrainObserver) -> EpochTotals:
     """Train on this process's share of one epoch from `start`; returns the totals of all processes.
 
     Raises _StopRequested when a stop signal arrived (alone: after this step; in a group: at the next
@@ -377,7 +382,7 @@ def train_one_epoch(t: Trainer, start: EpochTotals, stop: StopSignals, observer:
         first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
 
         asked_alone = stop.received is not None and t.dist.world == 1
-        sync_now = step % log_every == 0 or step == t.steps_per_epoch or asked_alone
+        sync_now = step % LOG_EVERY == 0 or step == t.steps_per_epoch or asked_alone
         if not sync_now:
             continue
         bad, stopping, *sums = _sum_across(t, first_bad > 0, float(stop.received or 0), loss_sum, correct, seen)
@@ -473,7 +478,6 @@ def train(
     resume: Checkpoint | None = None,
     observer: TrainObserver | None = None,
     dist: Distributed | None = None,
-    log_every: int = 10,
 ) -> TrainResult:
     """Train from scratch or from `resume`; writes last/best checkpoints, history.json and settings.json.
 
@@ -496,7 +500,7 @@ def train(
         for epoch in range(len(state.history) + 1, settings.epochs + 1):
             started = time.perf_counter()
             try:
-                totals = train_one_epoch(t, state.start_of(epoch), stop, observer, log_every)
+                totals = train_one_epoch(t, state.start_of(epoch), stop, observer)
             except _StopRequested as at:
                 if dist.main:
                     state.position = at.totals

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,9 @@ def layer_summary(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 3
 
     stats = summary(model, input_size=(1, *input_size), col_names=("output_size", "num_params", "kernel_size"),
                     depth=16, verbose=0, row_settings=("var_names",), col_width=18, device="cpu")
+    # torchinfo prints its unit enum ("Total mult-adds (Units.MEGABYTES): 15.14"); say it as people do.
+    text = re.sub(r"^Total mult-adds.*$", f"Total mult-adds: {stats.total_mult_adds / 1e6:.2f} M", str(stats),
+                  flags=re.MULTILINE)
     layers = [
         {"name": info.get_layer_name(show_var_name=True, show_depth=False), "type": info.class_name,
          "depth": info.depth, "output_shape": list(info.output_size),
@@ -29,7 +33,7 @@ def layer_summary(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 3
          "kernel": _kernel(info.kernel_size)}
         for info in stats.summary_list
     ]
-    return str(stats), layers
+    return text, layers
 
 
 def _kernel(size: object) -> list[int] | None:
@@ -62,7 +66,9 @@ def presets_table(rows: list[dict]) -> Table:
 def receptive_field_table(rows: list[RFLayer]) -> Table:
     table = Table(title="Receptive field, layer by layer (input 32x32)", title_justify="left")
     for col in ("layer", "kind", "kernel", "stride", "dilation", "padding", "jump", "RF", "out"):
-        table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
+        widest = max((len(getattr(r, "name" if col == "layer" else "kind")) for r in rows), default=4)
+        table.add_column(col, justify="left" if col in ("layer", "kind") else "right",
+                         no_wrap=col in ("layer", "kind"), min_width=widest if col in ("layer", "kind") else None)
     for r in rows:
         table.add_row(r.name, r.kind, str(r.kernel), str(r.stride), str(r.dilation), str(r.padding),
                       str(r.jump_in), str(r.rf), f"{r.out_size}x{r.out_size}")

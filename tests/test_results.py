@@ -22,6 +22,7 @@ from cifar_cli.settings import TrainSettings
 
 CPU = torch.device("cpu")
 README = Path(__file__).parents[1] / "README.md"
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_held_out_slice_is_fixed_disjoint_and_picks_the_best_epoch(tiny_data: Path, tmp_path: Path) -> None:
@@ -123,3 +124,14 @@ def test_the_packaged_checkpoint_is_the_result_the_readme_states(tiny_data: Path
     result = cli("eval", "--data-dir", tiny_data, "--device", "cpu", "--json")  # no path: the packaged one
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["checkpoint"] == str(PACKAGED_CHECKPOINT)
+
+
+@pytest.mark.skipif(not (REAL_DATA / "cifar-10-batches-py" / "test_batch").is_file(),
+                    reason="the real CIFAR-10 test set is not next to this checkout (../shared/data)")
+def test_the_packaged_checkpoint_scores_what_it_claims_on_the_official_test_set() -> None:
+    ckpt = load_checkpoint(PACKAGED_CHECKPOINT)
+    result = cli("eval", "--data-dir", REAL_DATA, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == ckpt.metrics["test_images"] == 10_000 and report["tta"]
+    assert report["accuracy"] == ckpt.metrics["test_acc"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TRAIN_ARGS, assert_clean_error, cli
+from conftest import TRAIN_ARGS, assert_clean_error, cli, history_without_times
 
 from cifar_cli.checkpoint import load_checkpoint
 from cifar_cli.data import load_split
@@ -20,10 +20,6 @@ RESULT_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"
 
 def _history(out: Path) -> list[dict]:
     return json.loads((out / "history.json").read_text())
-
-
-def _without_time(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
 def test_a_short_run_really_learns(trained_run: Path) -> None:
@@ -69,7 +65,7 @@ def test_same_seed_same_history_other_seed_differs(tiny_data: Path, tmp_path: Pa
         result = cli("train", "--epochs", "2", "--data-dir", tiny_data, "--out", tmp_path / name, "--seed", seed,
                      *TRAIN_ARGS)
         assert result.exit_code == 0, result.stderr
-        runs[name] = _without_time(_history(tmp_path / name))
+        runs[name] = history_without_times(tmp_path / name)
     assert runs["a"] == runs["b"]
     assert runs["a"] != runs["c"]
 
@@ -100,7 +96,7 @@ def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tiny_data: Path,
     result = cli("train", "--resume", tmp_path / "cut" / "last.safetensors", "--data-dir", tiny_data,
                  "--device", "cpu")
     assert result.exit_code == 0, result.stderr
-    assert _without_time(_history(tmp_path / "cut")) == _without_time(_history(tmp_path / "whole"))
+    assert history_without_times(tmp_path / "cut") == history_without_times(tmp_path / "whole")
     whole = load_checkpoint(tmp_path / "whole" / "last.safetensors").model_state
     resumed = load_checkpoint(tmp_path / "cut" / "last.safetensors").model_state
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
@@ -131,3 +127,14 @@ def test_device_cuda_without_cuda_fails_cleanly(tiny_data: Path, tmp_path: Path)
     assert_clean_error(cli("train", "--device", "cuda", "--data-dir", tiny_data, "--out", tmp_path),
                        "CUDA is not available")
     assert not any(tmp_path.iterdir())
+
+
+def test_loader_workers_change_speed_not_results(tiny_data: Path, tmp_path: Path) -> None:
+    """The README's promise: --workers is a speed option; on the CPU the result is the same."""
+    for workers in ("0", "1"):
+        result = cli("train", "--epochs", "2", "--workers", workers, "--data-dir", tiny_data,
+                     "--out", tmp_path / workers, "--seed", "6", *TRAIN_ARGS)
+        assert result.exit_code == 0, result.stderr
+    assert history_without_times(tmp_path / "0") == history_without_times(tmp_path / "1")
+    alone, fed = (load_checkpoint(tmp_path / w / "last.safetensors").model_state for w in ("0", "1"))
+    assert all(torch.equal(alone[k], fed[k]) for k in alone)

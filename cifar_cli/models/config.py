@@ -12,7 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from cifar_cli.data import CLASSES
+
 Config = TypeVar("Config")
+NUM_CLASSES = len(CLASSES)  # one logit per class, for every network
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,7 @@ class NetConfig:
     """cifarnet-ds: the widths of blocks C1..C4, the classes, and the dropout before the classifier."""
 
     widths: tuple[int, int, int, int] = (32, 64, 128, 192)
-    num_classes: int = 10
+    num_classes: int = NUM_CLASSES
     dropout: float = 0.05
 
     def __post_init__(self) -> None:
@@ -37,7 +40,7 @@ class S9Config:
     """s9-reference: `channels` is the reference's n_channels (38); its 1x1 transitions halve it."""
 
     channels: int = 38
-    num_classes: int = 10
+    num_classes: int = NUM_CLASSES
     dropout: float = 0.1
 
     def __post_init__(self) -> None:

@@ -21,10 +21,9 @@ import torch
 from torch import nn
 
 from cifar_cli.errors import CifarError
+from cifar_cli.models.config import NUM_CLASSES
 from cifar_cli.models.presets import DEFAULT_MODEL
 from cifar_cli.models.registry import PRESETS, config_dict
-
-NUM_CLASSES = 10  # CIFAR-10's; a user network must output one logit for each
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,48 @@
+"""Make the checkpoint that ships inside the package from a run's last.safetensors.
+
+    python scripts/package_checkpoint.py RUN/last.safetensors --data-dir ../shared/data
+
+Keeps the weights and drops what only resuming needs (optimizer, run state, raw weights); measures
+the weights on the official test set with the default flip TTA and writes that figure, with the number
+of test images, into the metadata, so `cifar eval` with no path prints exactly what the file claims.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from cifar_cli.checkpoint import (
+    PACKAGED_CHECKPOINT,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    weights_only,
+)
+from cifar_cli.data import load_split
+from cifar_cli.engine import evaluate
+from cifar_cli.settings import DEFAULTS
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=PACKAGED_CHECKPOINT)
+    args = parser.parse_args()
+
+    ckpt = load_checkpoint(args.checkpoint)
+    test = load_split(args.data_dir, train=False)
+    result = evaluate(model_from_checkpoint(ckpt), test, torch.device("cpu"), classes=ckpt.classes,
+                      mean=ckpt.mean, std=ckpt.std, tta=DEFAULTS.tta)
+    metrics = {**ckpt.metrics, "test_acc": result.accuracy, "test_loss": result.loss, "test_images": len(test)}
+    save_checkpoint(args.out, replace(weights_only(ckpt), metrics=metrics))
+    print(f"{args.out}: {ckpt.model.describe()}, epoch {ckpt.epoch}, test accuracy {100 * result.accuracy:.2f}% "
+          f"on {len(test):,} images (flip TTA {'on' if DEFAULTS.tta else 'off'})")
+
+
+if __name__ == "__main__":
+    main()
