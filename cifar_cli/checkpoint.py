@@ -10,9 +10,10 @@ Writes are atomic: a temp file in the same folder, fsync, rename.
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
+import math
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,11 @@ from torch import nn
 from cifar_cli import __version__
 from cifar_cli.data import CLASSES, MEAN, STD
 from cifar_cli.errors import CifarError
+from cifar_cli.files import read_input, write_atomic
 from cifar_cli.models import DEFAULT_MODEL, ModelSpec, create_model, preset_spec
 
 FORMAT = "cifar-cli/1"
+MAX_CHECKPOINT_BYTES = 2**31  # a network under our rules is under 1 MB; 2 GiB leaves room for anyone's
 # The 40-epoch default run whose figures the README states, shipped inside the package.
 PACKAGED_CHECKPOINT = Path(__file__).parent / "weights" / "cifarnet-ds-40ep.safetensors"
 
@@ -47,41 +50,12 @@ class Checkpoint:
     optimizer_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     train_state: dict[str, Any] | None = None
     raw_state: dict[str, torch.Tensor] = field(default_factory=dict)  # training weights, when model_state is an EMA
+    source: Path | None = None  # the file it was read from (not saved)
 
 
 def weights_only(ckpt: Checkpoint) -> Checkpoint:
     """The same checkpoint without what only resuming needs (optimizer, run state, raw weights)."""
     return replace(ckpt, optimizer_tensors={}, train_state=None, raw_state={})
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never half of either."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved result should read like any file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the file itself is safe
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
@@ -129,15 +103,31 @@ def _read_metadata(raw: bytes, path: Path) -> dict[str, str]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _is_pickle(path: Path, raw: bytes) -> bool:
-    """torch.save writes a zip container (PK..) around a pickle; older files are a bare pickle.
+def _is_pickle(raw: bytes) -> bool:
+    """Known by content, whatever the suffix: torch.save writes a zip container (PK..) around a pickle;
+    older files are a bare pickle.
 
     A bare pickle opens with PROTO (0x80) and its protocol number. A safetensors file opens with its
     8-byte header length, whose first byte is 0x80 for about one length in 32, followed by "{".
     """
-    if path.suffix in {".pt", ".pth", ".ckpt"} or raw[:4] == b"PK\x03\x04":
+    if raw[:4] == b"PK\x03\x04":
         return True
     return raw[:1] == b"\x80" and raw[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and raw[8:9] != b"{"
+
+
+def _normalization(norm: Any, path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Three finite means and three positive, finite stds: anything else would poison every input."""
+    try:
+        mean, std = norm["mean"], norm["std"]
+        numbers = [*mean, *std]
+    except (KeyError, TypeError):
+        numbers, mean, std = [], [], []
+    if not (len(mean) == 3 and len(std) == 3
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in numbers)):
+        raise CifarError(f"{path} is corrupt: normalization must hold three finite means and three stds")
+    if min(std) <= 0:
+        raise CifarError(f"{path} is corrupt: a normalization std of {min(std)} would divide by zero or flip signs")
+    return tuple(float(x) for x in mean), tuple(float(x) for x in std)
 
 
 def _model_spec(metadata: dict[str, str], path: Path) -> ModelSpec:
@@ -156,14 +146,9 @@ def _model_spec(metadata: dict[str, str], path: Path) -> ModelSpec:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and validate a checkpoint; any problem becomes a CifarError with a one-line reason."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CifarError(f"checkpoint not found: {path}") from None
-    except OSError as e:
-        raise CifarError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
-    if _is_pickle(path, raw):
+    path = Path(path).expanduser()
+    raw = read_input(path, MAX_CHECKPOINT_BYTES, "checkpoint")
+    if _is_pickle(raw):
         raise CifarError(f"{path} is a PyTorch pickle, and loading a pickle can run any code in it, so cifar-cli "
                          f"reads only .safetensors; if you trust the file, convert it: "
                          f"cifar convert {path} {path.with_suffix('.safetensors')}")
@@ -178,22 +163,19 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CifarError(f"{path} is corrupt: {e}") from None
 
     model = _model_spec(metadata, path)
-    try:
-        epoch = int(metadata.get("epoch", "0"))
-    except ValueError:
-        raise CifarError(f"{path} is corrupt: epoch {metadata.get('epoch')!r} is not a number") from None
+    epoch_text = metadata.get("epoch", "0")
+    if not (isinstance(epoch_text, str) and epoch_text.isdigit() and len(epoch_text) < 10):
+        raise CifarError(f"{path} is corrupt: epoch {epoch_text!r} is not a whole number")
+    epoch = int(epoch_text)
     metrics = _json_field(metadata, "metrics", path)
     classes = _json_field(metadata, "classes", path)
     norm = _json_field(metadata, "normalization", path)
     num_classes = model.config.get("num_classes", len(CLASSES))
     if not (isinstance(classes, list) and len(classes) == num_classes and all(isinstance(c, str) for c in classes)):
         raise CifarError(f"{path} is corrupt: class names do not match its {num_classes} classes")
-    try:
-        mean, std = tuple(float(x) for x in norm["mean"]), tuple(float(x) for x in norm["std"])
-    except (KeyError, TypeError, ValueError):
-        mean = std = ()
-    if len(mean) != 3 or len(std) != 3:
-        raise CifarError(f"{path} is corrupt: normalization must hold three means and three stds")
+    if num_classes != len(CLASSES):
+        raise CifarError(f"{path} is for {num_classes} classes; CIFAR-10 has {len(CLASSES)}")
+    mean, std = _normalization(norm, path)
     train_state = _json_field(metadata, "train_state", path) if "train_state" in metadata else None
     def prefixed(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -210,6 +192,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         optimizer_tensors=prefixed("optimizer."),
         train_state=train_state if isinstance(train_state, dict) else None,
         raw_state=prefixed("raw."),
+        source=path,
     )
 
 
@@ -238,6 +221,9 @@ def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint", raw
         if got.shape != want.shape or got.dtype != want.dtype:
             raise CifarError(f"{path} does not match the {spec.describe()} architecture: {name} is "
                              f"{got.dtype} {tuple(got.shape)}, expected {want.dtype} {tuple(want.shape)}")
+    bad = next((name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise CifarError(f"{path} holds non-finite weights (NaN or infinity in {bad}); it cannot be used")
     if spec.is_preset:
         model = create_model(spec)
     model.load_state_dict(state)
@@ -262,14 +248,16 @@ def convert_pytorch_checkpoint(src: Path, dst: Path, model: ModelSpec | None = N
     torch.load(weights_only=True) accepts only tensors and plain containers, so a malicious pickle is
     refused instead of run.
     """
-    src, dst = Path(src), Path(dst)
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise CifarError(f"cannot convert {src} onto itself; name another target")
+    raw = read_input(src, MAX_CHECKPOINT_BYTES, "checkpoint")
     try:
-        obj = torch.load(src, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CifarError(f"checkpoint not found: {src}") from None
-    except Exception as e:  # an unsafe or damaged pickle: torch says why over several lines
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CifarError(f"cannot convert {src}: {first_line}") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the error says enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # an unsafe or damaged pickle
+        raise CifarError(f"cannot convert {src}: {_torch_load_reason(e)}") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -277,13 +265,26 @@ def convert_pytorch_checkpoint(src: Path, dst: Path, model: ModelSpec | None = N
         raise CifarError(f"cannot convert {src}: it does not hold a state_dict of tensors")
     state = {}
     for name, tensor in obj.items():
-        for prefix in ("module.", "_orig_mod."):  # DataParallel / torch.compile wrappers
-            name = name.removeprefix(prefix)
-        state[name] = tensor
+        while name.startswith(("module.", "_orig_mod.")):  # DataParallel / DDP / torch.compile wrappers, nested
+            name = name.split(".", 1)[1]
+        state[name] = tensor.clone()  # tied weights share storage, which safetensors refuses to write
     ckpt = Checkpoint(model or preset_spec(), state, metrics={"converted_from": src.name})
     model_from_checkpoint(ckpt, src, given=ckpt.model)  # refuses weights of another architecture
     save_checkpoint(dst, ckpt)
     return ckpt
+
+
+def _torch_load_reason(e: Exception) -> str:
+    """torch's own reason for refusing a file (the global or opcode it rejected), not its advice to turn
+    the safety off."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for marker in ("WeightsUnpickler error:", "Unsupported"):
+        for i, line in enumerate(lines):
+            if marker in line:
+                detail = line.split(marker, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+                reason = f"{marker.rstrip(':')} {detail}".strip() if marker == "Unsupported" else detail
+                return f"it needs more than tensors to load ({reason.split('. ')[0]})"
+    return lines[0] if lines else type(e).__name__
 
 
 def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

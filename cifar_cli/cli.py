@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -108,7 +109,12 @@ def _print_json(data: Any) -> None:
 def _data_dir(data_dir: Path | None) -> Path:
     from cifar_cli.data import default_data_dir
 
-    return data_dir if data_dir is not None else default_data_dir()
+    return data_dir.expanduser() if data_dir is not None else default_data_dir()
+
+
+def _expand(path: Path | None) -> Path | None:
+    """'~/runs' as the shell would have it, for paths that reach us quoted."""
+    return path.expanduser() if path is not None else None
 
 
 def _version(value: bool) -> None:
@@ -211,8 +217,10 @@ def augment_preview(
 
     from cifar_cli.augment import describe, preview, train_pipeline
     from cifar_cli.data import CLASSES, load_image, load_split
+    from cifar_cli.files import check_output
     from cifar_cli.report import write_image_grid
 
+    out_file = check_output(out_file, ".png", "--out")
     if image:
         images = np.stack([load_image(p) for p in image])
         labels = [p.name for p in image]
@@ -299,6 +307,9 @@ def train(
         help="Folder for checkpoints, history.json and settings.json.", file_okay=False)] = None,
     resume: Annotated[Path | None, typer.Option(
         "--resume", help="Continue the run saved in this last.safetensors.", dir_okay=False)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the run already in --out (without it, a run there is never written over).")
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Train the network with live progress; saves last/best .safetensors checkpoints and history.json.
@@ -314,6 +325,7 @@ def train(
     from cifar_cli.run_folder import default_out_dir
     from cifar_cli.runtime import Runtime, init_distributed, resolve_device, shutdown_distributed
 
+    resume, data_dir = _expand(resume), _expand(data_dir)
     checkpoint = load_checkpoint(resume) if resume else None
     settings = (settings_of(checkpoint) if checkpoint else DEFAULTS).with_options(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, ema=ema, tta=tta)
@@ -321,7 +333,7 @@ def train(
     spec = resolve_model(model) if model else None
     torch_device = resolve_device(DeviceName(device).value)
     dist = init_distributed(torch_device)
-    out_dir = out_dir or default_out_dir(resume)
+    out_dir = _expand(out_dir) or default_out_dir(resume)
     root = _data_dir(data_dir)
     train_split = load_split(root, train=True, download_missing=download)
     test_split = load_split(root, train=False, download_missing=download)
@@ -336,18 +348,22 @@ def train(
     try:
         with _RichTrainObserver(console, enabled=dist.main) as observer:
             result = run_training(settings, train_split, test_split, out_dir, torch_device, model_spec=spec,
-                                  runtime=runtime, resume=checkpoint, observer=observer, dist=dist)
+                                  runtime=runtime, resume=checkpoint, observer=observer, dist=dist,
+                                  overwrite=overwrite)
     except TrainingInterrupted as stop:
         if dist.main:
-            again = " ".join(["cifar train --resume", str(stop.checkpoint),
-                              *(["--data-dir", str(data_dir)] if data_dir else []),
-                              *(["--model", model] if model and ":" in model else [])])
+            device_name = DeviceName(device).value
+            again = shlex.join(["cifar", "train", "--resume", str(stop.checkpoint),
+                                *(["--data-dir", str(data_dir)] if data_dir else []),
+                                *(["--model", model] if model and ":" in model else []),
+                                *(["--device", device_name] if device_name != "auto" else [])])
             err.print(f"Stopped by {signal.Signals(stop.signum).name} at epoch {stop.epoch}, step {stop.step}; "
                       f"saved {_literal(stop.checkpoint)}. Resume with: {_literal(again)}", soft_wrap=True)
         raise typer.Exit(128 + stop.signum) from None
     except KeyboardInterrupt:
-        err.print("Interrupted at once (second Ctrl-C); last.safetensors, if written, holds the last completed "
-                  "epoch.")
+        last = out_dir / "last.safetensors"
+        kept = f"{_literal(last)} holds the last saved state" if last.is_file() else "no checkpoint was written"
+        err.print(f"Interrupted at once (second Ctrl-C); {kept}.", soft_wrap=True)
         raise typer.Exit(128 + signal.SIGINT) from None
     finally:
         shutdown_distributed()
@@ -393,7 +409,7 @@ def _load_model(path: Path | None, device: str, tta: bool | None,
             raise CifarError(f"no checkpoint given and the packaged one is missing ({PACKAGED_CHECKPOINT}); "
                              "pass a .safetensors file written by cifar train")
         path = PACKAGED_CHECKPOINT
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path)  # expands ~ itself
     given = resolve_model(model) if model else None
     network = model_from_checkpoint(ckpt, path, given=given)
     if given is not None and source_changed(ckpt.model, given):
@@ -487,12 +503,13 @@ def plot(
     as_json: Json = False,
 ) -> None:
     """Training curves (loss and accuracy per epoch) from a run's history.json, as a PNG."""
+    from cifar_cli.files import check_output
     from cifar_cli.report import write_training_curves
     from cifar_cli.run_folder import read_history
 
+    run = run.expanduser()
     history = read_history(run)
-    if out_file is None:
-        out_file = (run if run.is_dir() else run.parent) / "curves.png"
+    out_file = check_output(out_file or (run if run.is_dir() else run.parent) / "curves.png", ".png", "--out")
     write_training_curves(history, out_file, title)
     last, best = history[-1], max(history, key=lambda r: r.test_acc)
     if as_json:
@@ -511,14 +528,19 @@ def convert(
     target: Annotated[Path, typer.Argument(help="The .safetensors checkpoint to write.", dir_okay=False,
                                            show_default=False)],
     model: ModelOption = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace TARGET if it exists.")] = False,
 ) -> None:
     """Convert a PyTorch .pt/.pth state_dict of a network (--model) to a .safetensors checkpoint, safely.
 
     The file is read with torch.load(weights_only=True), which refuses pickles that would run code.
     """
     from cifar_cli.checkpoint import convert_pytorch_checkpoint
+    from cifar_cli.files import check_output
     from cifar_cli.models import resolve_model
 
+    target = check_output(target, ".safetensors", "target")
+    if target.exists() and not overwrite and target.resolve() != source.expanduser().resolve():
+        raise CifarError(f"{target} exists; pass --overwrite to replace it")
     ckpt = convert_pytorch_checkpoint(source, target, resolve_model(model))
     out.print(f"Wrote {_literal(target)} ({len(ckpt.model_state)} tensors, {ckpt.model.describe()})")
 

@@ -6,6 +6,7 @@ It never knows the network.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cifar_cli.errors import CifarError
+from cifar_cli.files import read_input
 
 CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -74,11 +76,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+MAX_BATCH_BYTES = 2**30  # an official batch is 31 MB
+
+
 def _read_pickle(path: Path) -> object:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise CifarError(f"cannot read {path}: {e.strerror or e}") from None
+    raw = read_input(path, MAX_BATCH_BYTES, "CIFAR-10 batch")
     try:
         return _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except _Refused as e:
@@ -96,17 +98,23 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise CifarError(f"{path} is corrupt: 'data' should be uint8 N x 3072, found {found}")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise CifarError(f"{path} is corrupt: 'labels' is not a list of integers") from None
-    if labels.shape != (len(data),):
-        raise CifarError(f"{path} is corrupt: {len(data)} images but {labels.size} labels")
+    labels = _labels(labels, len(data), path)
     if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
         raise CifarError(f"{path} is corrupt: labels outside 0..{len(CLASSES) - 1}")
     # Stored channel-major (R plane, G plane, B plane); the augmentation library wants HWC.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
+
+
+def _labels(labels: object, count: int, path: Path) -> np.ndarray:
+    """'labels': a flat list of whole numbers, one per image (floats and nesting are refused, not rounded)."""
+    array = np.asarray(labels) if isinstance(labels, (list, tuple, np.ndarray)) else None
+    if array is None or array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+        found = f"{array.dtype} {array.shape}" if array is not None else type(labels).__name__
+        raise CifarError(f"{path} is corrupt: 'labels' must be a flat list of whole numbers, found {found}")
+    if array.shape != (count,):
+        raise CifarError(f"{path} is corrupt: {count} images but {array.size} labels")
+    return array.astype(np.int64)
 
 
 def dataset_folder(data_dir: Path) -> Path:
@@ -138,7 +146,18 @@ def load_split(data_dir: Path, train: bool, download_missing: bool = False) -> S
             "or --data-dir for the folder that holds cifar-10-batches-py"
         )
     parts = [_read_batch(folder / n) for n in names]
-    return Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    split = Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    if not len(split):
+        raise CifarError(f"{folder} holds no {'training' if train else 'test'} images: its batches are empty")
+    return split
+
+
+def identify(split: Split) -> dict[str, int | str]:
+    """What tells one training set from another, cheaply: its size, and a hash of every label and of
+    every 97th image (about 2 MB of the 150 MB)."""
+    digest = hashlib.sha256(np.ascontiguousarray(split.labels).tobytes())
+    digest.update(np.ascontiguousarray(split.images[::97]).tobytes())
+    return {"images": len(split), "sha256": digest.hexdigest()}
 
 
 # The held-out slice is the same for every --seed, so runs with different seeds are judged on the same images.
@@ -229,15 +248,38 @@ def batches_in_order(split: Split, batch_size: int) -> Iterator[tuple[torch.Tens
         yield images, torch.from_numpy(split.labels[start:start + batch_size])
 
 
-def load_image(path: Path, size: int = 32) -> np.ndarray:
-    """Any picture file as uint8 size x size x 3 RGB (bicubic resize, aspect ratio not kept)."""
-    from PIL import Image, UnidentifiedImageError
+MAX_IMAGE_BYTES = 256 * 2**20
+MAX_IMAGE_PIXELS = 64_000_000  # a 64-megapixel photo; more is a decompression bomb, refused before decoding
 
+
+def load_image(path: Path, size: int = 32) -> np.ndarray:
+    """Any picture file as uint8 size x size x 3 RGB, as a person sees it: turned upright by its EXIF
+    orientation, 16-bit and float pixels scaled from their real range (bicubic resize, aspect not kept)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path).expanduser()
+    raw = read_input(path, MAX_IMAGE_BYTES, "image")
     try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB").resize((size, size), Image.BICUBIC)
-    except FileNotFoundError:
-        raise CifarError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        with Image.open(io.BytesIO(raw)) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise CifarError(f"image {path} is {im.width} x {im.height} pixels, more than the "
+                                 f"{MAX_IMAGE_PIXELS:,} this reads (a decompression bomb?)")
+            rgb = _as_rgb(ImageOps.exif_transpose(im)).resize((size, size), Image.BICUBIC)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise CifarError(f"cannot read image {path}: {e}") from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _as_rgb(im: object) -> object:
+    """8-bit RGB. PIL's own convert clips 16-bit and float greys to 0..255 (a white picture); scale them."""
+    from PIL import Image
+
+    if im.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return im.convert("RGB")
+    pixels = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        top = 1.0 if np.nanmax(pixels, initial=0.0) <= 1.0 else 255.0  # floats in 0..1, else 0..255
+    else:
+        top = 65535.0 if im.mode.startswith("I;16") or np.nanmax(pixels, initial=0.0) > 255 else 255.0
+    grey = np.clip(np.nan_to_num(pixels) * (255.0 / top), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")

@@ -51,6 +51,7 @@ from cifar_cli.data import (
     batches_in_order,
     derive_seed,
     hold_out,
+    identify,
 )
 from cifar_cli.errors import CifarError
 from cifar_cli.models import ModelSpec, create_model, preset_spec
@@ -60,6 +61,7 @@ from cifar_cli.run_folder import (
     HISTORY,
     LAST,
     StopSignals,
+    claim,
     ensure_writable,
     lock_out_dir,
     write_history,
@@ -160,6 +162,7 @@ class RunState:
     scheduler: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)  # fp16 loss scale, on cards that train in fp16
     optimizer: dict[str, Any] | None = None  # the optimizer's JSON half (param groups, scalars)
+    data: dict[str, Any] = field(default_factory=dict)  # what identifies the training set (data.identify)
 
     def start_of(self, epoch: int) -> EpochTotals:
         """Where `epoch` begins: where a run stopped inside it, else its first batch."""
@@ -169,25 +172,43 @@ class RunState:
         return {"settings": self.settings.to_dict(), "scheduler": self.scheduler, "scaler": self.scaler,
                 "history": [asdict(r) for r in self.history], "best_epoch": self.best_epoch,
                 "best_acc": self.best_acc, "position": asdict(self.position) if self.position else None,
-                "optimizer": self.optimizer}
+                "optimizer": self.optimizer, "data": self.data}
 
     @classmethod
     def resume(cls, checkpoint: Checkpoint, settings: TrainSettings) -> RunState:
         stored = settings_of(checkpoint)  # refuses weights-only checkpoints
         state = checkpoint.train_state
         if set(state) - {"settings", "scheduler", "scaler", "history", "best_epoch", "best_acc", "position",
-                         "optimizer"}:
+                         "optimizer", "data"}:
             raise CifarError("the checkpoint's training state is incomplete; it cannot be resumed")
         if changed := stored.differences(settings):
             raise CifarError("a resumed run keeps its settings; these differ from the checkpoint's: "
                              + ", ".join(changed))
         try:
-            history = [EpochRecord(**r) for r in state.get("history", [])]
+            history = [EpochRecord.from_dict(r) for r in state.get("history", [])]
             position = EpochTotals(**state["position"]) if state.get("position") else None
-        except TypeError:
+        except (TypeError, ValueError):
             raise CifarError("the checkpoint's training history is damaged; it cannot be resumed") from None
-        return cls(stored, history, state.get("best_epoch", 0), state.get("best_acc", -1.0), position,
-                   state.get("scheduler", {}), state.get("scaler", {}), state.get("optimizer"))
+        run = cls(stored, history, state.get("best_epoch", 0), state.get("best_acc", -1.0), position,
+                  state.get("scheduler", {}), state.get("scaler", {}), state.get("optimizer"), state.get("data", {}))
+        run.check()
+        return run
+
+    def check(self) -> None:
+        """Refuse a run state whose fields have the wrong kinds or impossible values."""
+        epochs = len(self.history)
+        sound = (isinstance(self.best_epoch, int) and not isinstance(self.best_epoch, bool)
+                 and 0 <= self.best_epoch <= epochs and isinstance(self.best_acc, (int, float))
+                 and [r.epoch for r in self.history] == list(range(1, epochs + 1))
+                 and all(isinstance(x, dict) for x in (self.scheduler, self.scaler, self.data))
+                 and isinstance(self.optimizer, dict))
+        p = self.position
+        if p is not None:
+            sound = sound and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                  for v in (p.epoch, p.batches, p.correct, p.seen)) \
+                and isinstance(p.loss_sum, (int, float)) and p.epoch == epochs + 1 and p.correct <= p.seen
+        if not sound:
+            raise CifarError("the checkpoint's training state is damaged (impossible values); it cannot be resumed")
 
 
 class TrainingInterrupted(Exception):
@@ -294,8 +315,9 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     plan = EpochBatches(len(train_split), settings.batch_size, settings.seed, dist.rank, dist.world)
     optimizer = torch.optim.SGD(param_groups(model, settings.weight_decay), lr=settings.lr,
                                 momentum=settings.momentum, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=settings.epochs * plan.batches_per_epoch(), pct_start=0.25)
+    total_steps = settings.epochs * plan.batches_per_epoch()
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total_steps,
+                                                    pct_start=warmup_fraction(total_steps))
     amp_dtype = runtime.amp_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if resume is not None:
@@ -315,6 +337,12 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     return Trainer(settings, spec, model, ddp_model, average.model if average else model, average, optimizer,
                    scheduler, scaler, plan, _loader(train_split, plan, device, runtime.loader_workers(device, dist)),
                    device, dist, amp_dtype)
+
+
+def warmup_fraction(total_steps: int) -> float:
+    """The one-cycle warm-up: a quarter of the run. OneCycleLR divides by the warm-up's length in steps
+    minus one, so a warm-up of exactly one step (a 4-step run) becomes two."""
+    return 0.25 if 0.25 * total_steps != 1 else 2 / total_steps
 
 
 def _loader(split: Split, plan: EpochBatches, device: torch.device, workers: int) -> DataLoader:
@@ -446,6 +474,15 @@ def _save_last(t: Trainer, state: RunState, out_dir: Path) -> None:
         optimizer_tensors=optimizer_tensors, train_state=state.to_json()))
 
 
+def _same_data(recorded: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
+    """A resumed run must see the training set it started on: its schedule and batches depend on it."""
+    if recorded and recorded != found:
+        raise CifarError(f"this run trained on other data ({recorded.get('images', '?'):,} training images, "
+                         f"fingerprint {str(recorded.get('sha256', '?'))[:12]}); this --data-dir holds "
+                         f"{found['images']:,} (fingerprint {found['sha256'][:12]}); resume with the run's data")
+    return found
+
+
 def _on_disk(state: RunState, resumed: bool) -> str:
     """What last.safetensors holds right now, in words, for messages that say what survived."""
     if state.history:
@@ -457,10 +494,12 @@ def _interrupted(stop: StopSignals, out_dir: Path, epoch: int, step: int) -> Tra
     return TrainingInterrupted(stop.received or signal.SIGTERM, out_dir / LAST, epoch, step)
 
 
-def _prepare_out_dir(stack: ExitStack, out_dir: Path, t: Trainer, sizes: dict[str, int]) -> None:
+def _prepare_out_dir(stack: ExitStack, out_dir: Path, t: Trainer, sizes: dict[str, int], continuing: bool,
+                     overwrite: bool) -> None:
     """Rank 0 owns the run folder: writable, locked for this run, with settings.json saying what it does."""
     ensure_writable(out_dir)
     stack.enter_context(lock_out_dir(out_dir))
+    claim(out_dir, continuing, overwrite)
     write_settings(out_dir, {"settings": t.settings.to_dict(), "model": t.spec.to_dict(), "data": sizes,
                              "device": str(t.device), "processes": t.dist.world,
                              "amp": str(t.amp_dtype).removeprefix("torch.") if t.amp_dtype else None,
@@ -478,15 +517,20 @@ def train(
     resume: Checkpoint | None = None,
     observer: TrainObserver | None = None,
     dist: Distributed | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train from scratch or from `resume`; writes last/best checkpoints, history.json and settings.json.
 
-    Raises TrainingInterrupted after saving, on SIGINT/SIGTERM; CifarError on bad input or divergence.
+    Refuses an `out_dir` that holds another run unless `overwrite`. Raises TrainingInterrupted after
+    saving, on SIGINT/SIGTERM; CifarError on bad input or divergence.
     """
     settings.validate(len(train_split))
     runtime, dist, out_dir = runtime or Runtime(), dist or Distributed(), Path(out_dir)
     observer = observer if (observer is not None and dist.main) else _Silent()
     state = RunState.resume(resume, settings) if resume is not None else RunState(settings)
+    state.data = _same_data(state.data, identify(train_split))
+    if len(state.history) >= settings.epochs:
+        raise CifarError(f"this run already finished its {settings.epochs} epochs; there is nothing to resume")
     train_split, val_split = hold_out(train_split, settings.val_split) if settings.val_split else (train_split, None)
     runtime.configure(device, dist)
     spec = model_spec or (resume.model if resume is not None else preset_spec())
@@ -495,7 +539,9 @@ def train(
     with ExitStack() as stack:
         if dist.main:
             sizes = {"train": len(train_split), "held_out": settings.val_split, "test": len(test_split)}
-            _prepare_out_dir(stack, out_dir, t, sizes)
+            continuing = resume is not None and resume.source is not None and (
+                resume.source.resolve() == (out_dir / LAST).resolve())
+            _prepare_out_dir(stack, out_dir, t, sizes, continuing, overwrite)
         stop = stack.enter_context(StopSignals())
         for epoch in range(len(state.history) + 1, settings.epochs + 1):
             started = time.perf_counter()

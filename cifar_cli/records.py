@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,21 @@ class EpochRecord:
     images: int  # training images seen this epoch, all processes together
     val_loss: float | None = None  # on the held-out slice, when --val-split is given
     val_acc: float | None = None
+
+    @classmethod
+    def from_dict(cls, row: Any) -> EpochRecord:
+        """A history.json row; TypeError or ValueError unless every field is there with its kind of value."""
+        if not isinstance(row, dict):
+            raise ValueError("a history row is not an object")
+        record = cls(**row)
+        for f in fields(cls):
+            value = getattr(record, f.name)
+            if value is None and f.name.startswith("val_"):
+                continue
+            wanted = int if f.name in ("epoch", "images") else (int, float)
+            if isinstance(value, bool) or not isinstance(value, wanted) or not math.isfinite(value):
+                raise ValueError(f"{f.name} is {value!r}")
+        return record
 
     @property
     def score(self) -> float:

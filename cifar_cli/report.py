@@ -42,13 +42,19 @@ def _kernel(size: object) -> list[int] | None:
     return [size, size] if isinstance(size, int) else list(size)
 
 
+def _text(value: object) -> str:
+    """A name that came from a file (a checkpoint's class names), shown as written: no markup, and
+    control characters (terminal escape codes) shown as escapes instead of acting on the terminal."""
+    return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value)))
+
+
 def rules_table(rules: list[Rule]) -> Table:
     table = Table(title="Design rules", title_justify="left")
     table.add_column("rule")
     table.add_column("result")
     table.add_column("measured")
     for r in rules:
-        table.add_row(r.name, "[green]pass[/]" if r.passed else "[bold red]FAIL[/]", r.figure)
+        table.add_row(r.name, "[green]pass[/]" if r.passed else "[bold red]FAIL[/]", escape(r.figure))
     return table
 
 
@@ -70,7 +76,7 @@ def receptive_field_table(rows: list[RFLayer]) -> Table:
         table.add_column(col, justify="left" if col in ("layer", "kind") else "right",
                          no_wrap=col in ("layer", "kind"), min_width=widest if col in ("layer", "kind") else None)
     for r in rows:
-        table.add_row(r.name, r.kind, str(r.kernel), str(r.stride), str(r.dilation), str(r.padding),
+        table.add_row(escape(r.name), r.kind, str(r.kernel), str(r.stride), str(r.dilation), str(r.padding),
                       str(r.jump_in), str(r.rf), f"{r.out_size}x{r.out_size}")
     return table
 
@@ -80,7 +86,7 @@ def per_class_table(result: EvalResult) -> Table:
     for col in ("class", "images", "correct", "accuracy", "precision"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for row in result.per_class:
-        table.add_row(row["class"], str(row["count"]), str(row["correct"]),
+        table.add_row(_text(row["class"]), str(row["count"]), str(row["correct"]),
                       f"{100 * row['accuracy']:.1f}%", f"{100 * row['precision']:.1f}%")
     return table
 
@@ -92,7 +98,7 @@ def confusion_table(result: EvalResult) -> Table:
         table.add_column(str(j), justify="right")
     for i, row in enumerate(result.confusion):
         cells = [f"[bold]{v}[/]" if j == i else (str(v) if v else "[dim]0[/]") for j, v in enumerate(row)]
-        table.add_row(f"{i} {result.classes[i]}", *cells)
+        table.add_row(f"{i} {_text(result.classes[i])}", *cells)
     return table
 
 

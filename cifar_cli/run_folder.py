@@ -14,11 +14,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cifar_cli.checkpoint import write_atomic
 from cifar_cli.errors import CifarError
+from cifar_cli.files import write_atomic
 from cifar_cli.records import EpochRecord
 
 LAST, BEST, HISTORY, SETTINGS = "last.safetensors", "best.safetensors", "history.json", "settings.json"
+RUN_FILES = (LAST, BEST, HISTORY, SETTINGS)
+MAX_HISTORY_BYTES = 64 * 2**20  # a 10,000-epoch history is about 3 MB
 
 
 def default_out_dir(resume: Path | None) -> Path:
@@ -47,6 +49,23 @@ def lock_out_dir(out_dir: Path) -> Iterator[None]:
         yield  # the kernel drops the lock if this process dies, even by kill -9
     finally:
         os.close(fd)
+
+
+def claim(out_dir: Path, continuing: bool, overwrite: bool) -> None:
+    """Make `out_dir` this run's: never silently over another run, and without our stale temp files.
+
+    `continuing`: this run resumes from the last.safetensors in `out_dir` itself. Call under the lock.
+    """
+    existing = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if existing and not continuing:
+        if not overwrite:
+            raise CifarError(f"--out {out_dir} already holds a run ({existing[0]}); continue it with --resume "
+                             f"{out_dir / LAST}, choose a fresh --out, or pass --overwrite to replace it")
+        for name in existing:
+            (out_dir / name).unlink()
+    for name in RUN_FILES:  # write_atomic's temp files, left behind by a kill -9 in mid-write
+        for stale in out_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def ensure_writable(out_dir: Path) -> None:
@@ -82,14 +101,19 @@ def read_history(path: Path) -> list[EpochRecord]:
     if path.is_dir():
         path = path / HISTORY
     try:
+        if path.stat().st_size > MAX_HISTORY_BYTES or not path.is_file():
+            raise CifarError(f"{path} is not a cifar train history.json (not a regular file of a sensible size)")
         rows = json.loads(path.read_text())
-        return [EpochRecord(**row) for row in rows]
+        history = [EpochRecord.from_dict(row) for row in rows]
     except FileNotFoundError:
         raise CifarError(f"history not found: {path}") from None
     except OSError as e:
         raise CifarError(f"cannot read {path}: {e.strerror or e}") from None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: "[[[[..." nested a million deep
         raise CifarError(f"{path} is not a cifar train history.json") from None
+    if not history:
+        raise CifarError(f"{path} holds no epochs")
+    return history
 
 
 class StopSignals:

@@ -11,7 +11,6 @@ import torch
 from conftest import assert_clean_error, cli, safetensors_header
 from safetensors.torch import save_file
 
-from cifar_cli import checkpoint as ckpt_mod
 from cifar_cli.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from cifar_cli.data import CLASSES, MEAN, STD
 from cifar_cli.errors import CifarError
@@ -61,7 +60,7 @@ def test_write_is_atomic(saved: tuple[Path, torch.nn.Module], monkeypatch: pytes
     def crash(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt_mod.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(CifarError, match="No space left"):
         save_checkpoint(path, Checkpoint(preset_spec(), model.state_dict(), epoch=8))
     assert path.read_bytes() == before
