@@ -52,6 +52,8 @@ class Split:
         return len(self.labels)
 
 
+MAX_BATCH_BYTES = 2**30  # an official batch is 31 MB
+
 # The batches are Python pickles, and a pickle can run any code it names. The real files only name
 # numpy's array reconstruction, so nothing else is allowed in.
 _ALLOWED_GLOBALS = {
@@ -69,14 +71,20 @@ class _Refused(pickle.UnpicklingError):
     pass
 
 
+def _bounded_bytes(*args: object) -> bytes:
+    """bytes(), as numpy's pickles of empty arrays call it; a forged bytes(10**12) is refused, not allocated."""
+    if args and isinstance(args[0], int) and args[0] > MAX_BATCH_BYTES:
+        raise _Refused(f"refusing bytes({args[0]}), larger than any CIFAR-10 batch")
+    return bytes(*args)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+        if (module, name) in (("__builtin__", "bytes"), ("builtins", "bytes")):
+            return _bounded_bytes
         if (module, name) not in _ALLOWED_GLOBALS:
             raise _Refused(f"refusing to load {module}.{name}, which a CIFAR-10 batch never contains")
         return super().find_class(module, name)
-
-
-MAX_BATCH_BYTES = 2**30  # an official batch is 31 MB
 
 
 def _read_pickle(path: Path) -> object:

@@ -5,13 +5,13 @@ Torch-free, so the command line can read the defaults for its --help texts witho
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from cifar_cli.errors import CifarError
 
 DEVICES = ("auto", "cuda", "cpu", "mps")  # --device choices; auto picks CUDA, then MPS, then CPU
+MAX_LR = 1e6  # a learning rate beyond this is a typo, and past 3e38 it overflows float32 in the optimizer
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch.manual_seed both take it
 
 
@@ -36,8 +36,8 @@ class TrainSettings:
             raise CifarError(f"--epochs must be at least 1, not {self.epochs}")
         if self.batch_size < 1:
             raise CifarError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise CifarError(f"--lr must be a positive number, not {self.lr}")
+        if not 0 < self.lr <= MAX_LR:  # also refuses nan; past float32's range torch itself overflows
+            raise CifarError(f"--lr must be a positive number up to {MAX_LR:g}, not {self.lr}")
         if not 0 <= self.seed <= MAX_SEED:
             raise CifarError(f"--seed must be between 0 and {MAX_SEED}, not {self.seed}")
         if self.val_split < 0 or (train_size is not None and self.val_split >= train_size):

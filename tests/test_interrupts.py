@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -109,7 +110,9 @@ def test_cli_exits_with_the_signal_code_and_says_how_to_resume(signum: int, code
     assert process.returncode == code, stderr
     assert f"Resume with: cifar train --resume {tmp_path / 'last.safetensors'}" in " ".join(stderr.split())
     assert "Traceback" not in stderr
-    result = cli("train", "--resume", tmp_path / "last.safetensors", "--data-dir", tiny_data, "--device", "cpu")
+    printed = stderr.split("Resume with: ", 1)[1].strip()  # pasted as printed: it names --data-dir too
+    assert shlex.split(printed)[:2] == ["cifar", "train"]
+    result = cli(*shlex.split(printed)[1:])
     assert result.exit_code == 0, result.stderr
     _assert_same_run(tmp_path, reference)
 
@@ -152,7 +155,7 @@ def test_non_finite_loss_stops_with_epoch_step_and_hint(splits: tuple, tmp_path:
 
 def test_divergence_before_any_checkpoint_says_none_was_written(splits: tuple, tmp_path: Path) -> None:
     with pytest.raises(CifarError, match="no checkpoint was written yet"):
-        train(TrainSettings(epochs=1, batch_size=16, lr=1e30), *splits, tmp_path, CPU)
+        train(TrainSettings(epochs=1, batch_size=16, lr=1e6), *splits, tmp_path, CPU)
     assert not (tmp_path / "last.safetensors").exists()
 
 
