@@ -492,6 +492,195 @@ def predict(
         out.print(f"{_literal(r['image'])}: {guesses}", soft_wrap=True)
 
 
+CheckpointArg = Annotated[Path | None, typer.Argument(
+    help="A .safetensors checkpoint written by cifar train.", dir_okay=False,
+    show_default="the one shipped with cifar-cli")]
+
+
+@app.command()
+@_fails_cleanly
+def mistakes(
+    checkpoint: CheckpointArg = None,
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)] = Path(
+        "mistakes.png"),
+    count: Annotated[int, typer.Option("--count", "-n", help="Mistakes to show, most confident first.")] = 25,
+    class_name: Annotated[str | None, typer.Option(
+        "--class", help="Only images of this true class.", show_default="all classes")] = None,
+    tta: TTA = None,
+    model: ModelOption = None,
+    data_dir: DataDir = None,
+    download: Download = False,
+    device: Device = DeviceName.auto,
+    as_json: Json = False,
+) -> None:
+    """A grid of misclassified test images, the most confident mistakes first, and the common confusions."""
+    from cifar_cli.data import load_split
+    from cifar_cli.explain import common_confusions, find_mistakes
+    from cifar_cli.files import check_output
+    from cifar_cli.report import write_mistakes_grid
+
+    out_file = check_output(out_file, ".png", "--out")
+    if count < 1:
+        raise CifarError(f"-n must be at least 1, not {count}")
+    path, ckpt, network, torch_device, tta = _load_model(checkpoint, device, tta, model)
+    split = load_split(_data_dir(data_dir), train=False, download_missing=download)
+    if class_name is not None and class_name not in ckpt.classes:
+        raise CifarError(f"--class {class_name}: choose one of {', '.join(ckpt.classes)}")
+    found = find_mistakes(network, split, torch_device, ckpt.mean, ckpt.std, tta=tta)
+    shown = [m for m in found if class_name is None or ckpt.classes[m.true] == class_name][:count]
+    name = ckpt.classes.__getitem__
+    titles = [f"{name(m.true)} -> {name(m.predicted)} ({100 * m.probability:.0f}%)" for m in shown]
+    if shown:
+        write_mistakes_grid(split.images[[m.index for m in shown]], titles, out_file, f"{len(shown)} of "
+                            f"{len(found):,} mistakes on {len(split):,} test images, most confident first")
+    confusions = [{"true": name(t), "predicted": name(p), "count": n} for t, p, n in common_confusions(found)]
+    if as_json:
+        _print_json({"checkpoint": str(path), "out": str(out_file) if shown else None, "images": len(split),
+                     "mistakes": len(found),
+                     "tta": tta, "shown": [{"index": m.index, "true": name(m.true), "predicted": name(m.predicted),
+                                            "probability": m.probability} for m in shown],
+                     "confusions": confusions})
+        return
+    wrote = f"; wrote the {len(shown)} most confident to [bold]{_literal(out_file)}[/]" if shown else ": no picture"
+    out.print(f"{len(found):,} of {len(split):,} test images misclassified{wrote}", soft_wrap=True)
+    out.print("Most common confusions:")
+    for c in confusions:
+        out.print(f"  {_literal(c['true'])} -> {_literal(c['predicted'])}: {c['count']}")
+
+
+class CamTarget(str, Enum):
+    predicted = "predicted"
+    true = "true"
+
+
+@app.command()
+@_fails_cleanly
+def gradcam(
+    images: Annotated[list[Path] | None, typer.Argument(
+        help="Picture files to explain (or use --mistakes).", dir_okay=False, show_default=False)] = None,
+    checkpoint: CheckpointPath = None,
+    from_mistakes: Annotated[int | None, typer.Option(
+        "--mistakes", help="Explain this many misclassified test images, most confident first.",
+        show_default=False)] = None,
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)] = Path(
+        "gradcam.png"),
+    layer: Annotated[str | None, typer.Option(
+        "--layer", help="The layer to explain, by name (cifar receptive-field shows them).",
+        show_default="the last convolution with an output of 8x8 or more")] = None,
+    opacity: Annotated[float, typer.Option("--opacity", min=0.0, max=1.0, help="Of the heat map over the image.")
+                       ] = 0.5,
+    target: Annotated[CamTarget, typer.Option("--target", help="Explain the predicted class or the true one.")
+                      ] = CamTarget.predicted,
+    model: ModelOption = None,
+    data_dir: DataDir = None,
+    download: Download = False,
+    device: Device = DeviceName.auto,
+    as_json: Json = False,
+) -> None:
+    """Grad-CAM: where in each image the network looked for its answer (image, heat map, overlay)."""
+    from cifar_cli.explain import MIN_CAM_SIZE, cam_layer
+    from cifar_cli.explain import gradcam as cam_maps
+    from cifar_cli.files import check_output
+    from cifar_cli.report import write_gradcam_sheet
+
+    out_file = check_output(out_file, ".png", "--out")
+    path, ckpt, network, torch_device, _ = _load_model(checkpoint, device, False, model)
+    pixels, titles, targets, rows = _cam_inputs(images, from_mistakes, target, network, ckpt, torch_device,
+                                                data_dir, download)
+    layer, size = cam_layer(network, layer)
+    if min(size) < MIN_CAM_SIZE:
+        err.print(f"warning: {_literal(layer)} is {size[0]}x{size[1]}; a heat map from so few cells says little "
+                  "about where the network looked", soft_wrap=True)
+    maps = cam_maps(network, pixels, layer, targets, torch_device, ckpt.mean, ckpt.std)
+    write_gradcam_sheet(pixels, maps, titles, out_file,
+                        f"Grad-CAM of layer {layer} ({size[0]}x{size[1]}), for the {target.value} class", opacity)
+    if as_json:
+        _print_json({"checkpoint": str(path), "out": str(out_file), "layer": layer, "layer_size": list(size),
+                     "target": target.value, "images": rows})
+        return
+    out.print(f"Wrote Grad-CAM of {len(rows)} images from layer {_literal(layer)} ({size[0]}x{size[1]}) to "
+              f"[bold]{_literal(out_file)}[/]", soft_wrap=True)
+
+
+def _cam_inputs(images: list[Path] | None, from_mistakes: int | None, target: CamTarget, network: Any, ckpt: Any,
+                device: Any, data_dir: Path | None, download: bool) -> tuple[Any, list[str], list[int], list[dict]]:
+    """The pictures gradcam explains, their titles, the class to explain for each, and rows for --json."""
+    import numpy as np
+
+    from cifar_cli.data import load_image, load_split
+    from cifar_cli.engine import predict as class_probabilities
+    from cifar_cli.explain import find_mistakes
+
+    if bool(images) == (from_mistakes is not None):
+        raise CifarError("give picture files or --mistakes N, one of the two")
+    if from_mistakes is not None:
+        if from_mistakes < 1:
+            raise CifarError(f"--mistakes must be at least 1, not {from_mistakes}")
+        split = load_split(_data_dir(data_dir), train=False, download_missing=download)
+        shown = find_mistakes(network, split, device, ckpt.mean, ckpt.std)[:from_mistakes]
+        if not shown:
+            raise CifarError(f"the network misclassifies none of the {len(split):,} test images: nothing to explain")
+        pixels, labels = split.images[[m.index for m in shown]], [m.true for m in shown]
+        names = [f"test #{m.index}" for m in shown]
+    else:
+        if target is CamTarget.true:
+            raise CifarError("--target true needs the true class: use --mistakes (picture files have none)")
+        pixels, labels, names = np.stack([load_image(p) for p in images]), None, [p.name for p in images]
+    probs = class_probabilities(network, pixels, device, ckpt.mean, ckpt.std)
+    predicted = probs.argmax(1).tolist()
+    targets = labels if target is CamTarget.true else predicted
+    rows, titles = [], []
+    for i, name in enumerate(names):
+        guess = f"{ckpt.classes[predicted[i]]} {100 * float(probs[i, predicted[i]]):.0f}%"
+        titles.append(f"{name}\n{ckpt.classes[labels[i]]} -> {guess}" if labels else f"{name}\n{guess}")
+        rows.append({"image": name, "predicted": ckpt.classes[predicted[i]], "explained": ckpt.classes[targets[i]],
+                     **({"true": ckpt.classes[labels[i]]} if labels else {})})
+    return pixels, titles, targets, rows
+
+
+@app.command("lr-find")
+@_fails_cleanly
+def lr_find(
+    model: ModelOption = None,
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)] = Path("lr.png"),
+    start: Annotated[float, typer.Option("--start", help="The first learning rate.")] = 1e-5,
+    end: Annotated[float, typer.Option("--end", help="The last learning rate.")] = 10.0,
+    steps: Annotated[int, typer.Option("--steps", help="Mini-batches; bounds the time it takes.")] = 200,
+    batch_size: _setting_option("batch_size", "--batch-size", "Images per step.") = None,
+    seed: _setting_option("seed", "--seed", "Random seed.") = None,
+    data_dir: DataDir = None,
+    download: Download = False,
+    device: Device = DeviceName.auto,
+    as_json: Json = False,
+) -> None:
+    """Learning-rate range test: train from fresh weights with the lr growing each mini-batch, plot the loss,
+    and suggest the one-cycle peak (--lr). Touches no run folder."""
+    from cifar_cli.data import load_split
+    from cifar_cli.explain import lr_range_test
+    from cifar_cli.files import check_output
+    from cifar_cli.models import resolve_model
+    from cifar_cli.report import write_lr_plot
+    from cifar_cli.runtime import resolve_device
+
+    out_file = check_output(out_file, ".png", "--out")
+    settings = DEFAULTS.with_options(batch_size=batch_size, seed=seed)
+    settings.validate()
+    torch_device = resolve_device(DeviceName(device).value)
+    split = load_split(_data_dir(data_dir), train=True, download_missing=download)
+    console = err if as_json else out
+    console.print(f"Range test: lr {start:g} -> {end:g} over at most {steps} mini-batches of {settings.batch_size}")
+    finding = lr_range_test(settings, resolve_model(model), split, torch_device, start, end, steps)
+    write_lr_plot(finding, out_file, DEFAULTS.lr)
+    if as_json:
+        _print_json({"out": str(out_file), "suggestion": finding.suggestion, "lowest_loss_lr": finding.lowest,
+                     "diverged_at": finding.diverged_at, "how": finding.how, "default_lr": DEFAULTS.lr,
+                     "lrs": finding.lrs, "losses": finding.losses, "smoothed": finding.smoothed})
+        return
+    stop = f"; the loss exploded at lr {finding.diverged_at:.3g}" if finding.diverged_at else ""
+    out.print(f"Suggested peak lr: [bold]{finding.suggestion:.3g}[/] ({finding.how}){stop}. "
+              f"The default --lr is {DEFAULTS.lr:g}. Wrote [bold]{_literal(out_file)}[/]", soft_wrap=True)
+
+
 @app.command()
 @_fails_cleanly
 def plot(

@@ -121,11 +121,14 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, mean: tuple[float, ...] = MEAN,
-            std: tuple[float, ...] = STD, tta: bool = False) -> torch.Tensor:
+            std: tuple[float, ...] = STD, tta: bool = False, batch_size: int = 1000) -> torch.Tensor:
     """Class probabilities (N x classes) for uint8 N x H x W x 3 RGB images."""
     model.eval()
-    x = to_device(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), device, mean, std)
-    return _logits(model, x, tta).softmax(1).cpu()
+    parts = []
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
+        parts.append(_logits(model, to_device(chunk, device, mean, std), tta).softmax(1).cpu())
+    return torch.cat(parts)
 
 
 # --- what a run carries from step to step and from session to session ----------------------------------

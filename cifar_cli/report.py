@@ -146,11 +146,7 @@ def write_training_curves(history: list[EpochRecord], path: Path, title: str = "
     """Loss and accuracy per epoch, train / held-out / test, side by side, as a PNG."""
     if not history:
         raise CifarError("nothing to draw: the history has no epochs")
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     epochs = [r.epoch for r in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     series = [("train", "train", "tab:blue"), ("val", "held-out", "tab:green"), ("test", "test", "tab:orange")]
@@ -176,6 +172,20 @@ def write_training_curves(history: list[EpochRecord], path: Path, title: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    _save(fig, path)
+
+
+def _pyplot():  # noqa: ANN202 - matplotlib's module
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: object, path: Path) -> None:
+    plt = _pyplot()
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png")
@@ -183,3 +193,66 @@ def write_training_curves(history: list[EpochRecord], path: Path, title: str = "
         raise CifarError(f"cannot write {path}: {e}") from None
     finally:
         plt.close(fig)
+
+
+def write_mistakes_grid(images: np.ndarray, titles: list[str], path: Path, heading: str) -> None:
+    """A grid of uint8 images, each under its title, pixels kept crisp (nearest-neighbour)."""
+    if not len(images):
+        raise CifarError("nothing to draw: no mistakes")
+    plt = _pyplot()
+    cols = min(5, len(images))
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows + 0.5), dpi=110, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(title, fontsize=8.5)
+    fig.suptitle(heading, fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def write_gradcam_sheet(images: np.ndarray, maps: np.ndarray, titles: list[str], path: Path, heading: str,
+                        opacity: float = 0.5) -> None:
+    """One row per image: the image, its Grad-CAM heat map, and the map laid over the image."""
+    plt = _pyplot()
+    from matplotlib import colormaps
+
+    fig, axes = plt.subplots(len(images), 3, figsize=(6.6, 2.25 * len(images) + 0.6), dpi=110, squeeze=False)
+    for row, (image, heat, title) in enumerate(zip(images, maps, titles)):
+        colored = colormaps["jet"](heat)[..., :3]
+        overlay = (1 - opacity) * image / 255.0 + opacity * colored
+        for ax, picture, label in zip(axes[row], (image, heat, overlay), ("image", "Grad-CAM", "overlay")):
+            ax.imshow(picture, cmap="jet" if picture is heat else None, vmin=0, vmax=1 if picture is heat else None,
+                      interpolation="nearest" if picture is image else "bilinear")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(label if row == 0 else "", fontsize=9)
+        axes[row][0].set_ylabel(title, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
+    fig.suptitle(heading, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def write_lr_plot(finding: object, path: Path, current_lr: float) -> None:
+    """Loss against learning rate (log scale), smoothed, with the suggestion and the current default marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    ax.plot(finding.lrs, finding.losses, color="tab:blue", alpha=0.25, linewidth=1, label="loss per mini-batch")
+    ax.plot(finding.lrs, finding.smoothed, color="tab:blue", linewidth=2, label="smoothed loss")
+    ax.axvline(finding.suggestion, color="tab:green", linestyle="--",
+               label=f"suggested peak lr {finding.suggestion:.3g}")
+    ax.axvline(finding.lowest, color="tab:gray", linestyle=":", label=f"lowest loss at lr {finding.lowest:.3g}")
+    ax.axvline(current_lr, color="tab:orange", linestyle="-.", label=f"--lr default {current_lr:g}")
+    if finding.diverged_at is not None:
+        ax.axvline(finding.diverged_at, color="tab:red", linewidth=1,
+                   label=f"loss exploded at {finding.diverged_at:.3g}")
+    finite = [v for v in finding.smoothed if np.isfinite(v)]
+    ax.set_ylim(min(finite) - 0.1, min(max(finite), 2.5 * finite[0]) + 0.1)
+    ax.set(xscale="log", xlabel="learning rate (log scale)", ylabel="training loss",
+           title="Learning-rate range test: the loss as the lr grows each mini-batch")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,184 @@
+"""What a network gets wrong, and why: its mistakes, Grad-CAM maps, and the learning-rate range test.
+
+Functions take a network and data and return values; report.py draws them and cli.py prints them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifar_cli.data import MEAN, STD, Split
+from cifar_cli.engine import RunState, build_trainer, predict, to_device, train_step
+from cifar_cli.errors import CifarError
+from cifar_cli.models import ModelSpec
+from cifar_cli.receptive_field import trace_forward
+from cifar_cli.runtime import Distributed, Runtime
+from cifar_cli.settings import TrainSettings
+
+MIN_CAM_SIZE = 8  # a heat map from a 4x4 or smaller feature map says little about where the network looked
+
+
+# --- mistakes ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mistake:
+    index: int  # position in the test set
+    true: int
+    predicted: int
+    probability: float  # the network's confidence in its wrong answer
+
+
+def find_mistakes(model: nn.Module, split: Split, device: torch.device, mean: tuple[float, ...] = MEAN,
+                  std: tuple[float, ...] = STD, tta: bool = False) -> list[Mistake]:
+    """Every misclassified image, the most confident mistakes first (ties: by index)."""
+    probs = predict(model, split.images, device, mean, std, tta=tta)
+    confidence, predicted = probs.max(1)
+    wrong = np.flatnonzero(predicted.numpy() != split.labels)
+    mistakes = [Mistake(int(i), int(split.labels[i]), int(predicted[i]), float(confidence[i])) for i in wrong]
+    return sorted(mistakes, key=lambda m: (-m.probability, m.index))
+
+
+def common_confusions(mistakes: list[Mistake], top: int = 5) -> list[tuple[int, int, int]]:
+    """(true, predicted, count) of the most frequent kinds of mistake."""
+    counts = Counter((m.true, m.predicted) for m in mistakes)
+    return [(t, p, n) for (t, p), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+
+
+# --- Grad-CAM ------------------------------------------------------------------------------------------------
+
+def spatial_layers(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Every module whose output is a feature map (N x C x H x W), with its H x W, in forward order."""
+    shapes: dict[str, tuple[int, int]] = {}
+    names = {m: n for n, m in model.named_modules() if n}
+    hooks = [m.register_forward_hook(lambda mod, i, o: _note(shapes, names[mod], o)) for m in names]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 32, 32, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _note(shapes: dict[str, tuple[int, int]], name: str, output: object) -> None:
+    if isinstance(output, torch.Tensor) and output.ndim == 4:
+        shapes.setdefault(name, tuple(output.shape[-2:]))
+
+
+def default_cam_layer(model: nn.Module) -> str:
+    """The last convolution whose output is at least 8x8."""
+    convs = [c.name for c in trace_forward(model).calls
+             if isinstance(c.module, nn.Conv2d) and min(c.out_shape[-2:]) >= MIN_CAM_SIZE]
+    if not convs:
+        raise CifarError("no convolution has an output of 8x8 or more; name a layer with --layer")
+    return convs[-1]
+
+
+def cam_layer(model: nn.Module, name: str | None) -> tuple[str, tuple[int, int]]:
+    """The layer to explain (the default unless named) and its output size; a one-line error otherwise."""
+    layers = spatial_layers(model)
+    name = name or default_cam_layer(model)
+    if name not in layers:
+        known = dict(model.named_modules())
+        why = "has no spatial output (not N x C x H x W)" if name in known else "is not a layer of this network"
+        raise CifarError(f"--layer {name} {why}; layers with a feature map: {', '.join(layers)}")
+    return name, layers[name]
+
+
+def gradcam(model: nn.Module, images: np.ndarray, layer: str, targets: list[int], device: torch.device,
+            mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> np.ndarray:
+    """Grad-CAM heat maps (N x H x W in 0..1, at the images' size) for uint8 N x H x W x 3 images, each
+    for its target class, from the named layer (pytorch-grad-cam does the hooks and the arithmetic)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = model.to(device).eval()
+    x = to_device(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), device, mean, std)
+    with _no_inplace(model), GradCAM(model, target_layers=[dict(model.named_modules())[layer]]) as cam:
+        return cam(input_tensor=x.contiguous(), targets=[ClassifierOutputTarget(t) for t in targets])
+
+
+class _no_inplace:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """In-place ReLUs overwrite the activations the gradient hooks need; switch them off for the map."""
+
+    def __init__(self, model: nn.Module):
+        self.modules = [m for m in model.modules() if getattr(m, "inplace", False)]
+
+    def __enter__(self) -> None:
+        for m in self.modules:
+            m.inplace = False
+
+    def __exit__(self, *exc: object) -> None:
+        for m in self.modules:
+            m.inplace = True
+
+
+# --- learning-rate range test --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LrFinding:
+    lrs: list[float]
+    losses: list[float]  # raw loss of each mini-batch
+    smoothed: list[float]  # exponentially smoothed, bias-corrected
+    suggestion: float
+    lowest: float  # the lr at the lowest smoothed loss
+    diverged_at: float | None  # the lr at which the loss exploded, if it did
+    how: str  # how the suggestion was chosen, in words
+
+
+def lr_range_test(settings: TrainSettings, spec: ModelSpec, train_split: Split, device: torch.device,
+                  start: float, end: float, steps: int, runtime: Runtime | None = None) -> LrFinding:
+    """From fresh weights, raise the lr exponentially from `start` to `end` over `steps` mini-batches of
+    the real training pipeline (same augmentation, optimizer and weight-decay groups as train), stopping
+    when the smoothed loss explodes. Writes nothing."""
+    if not 0 < start < end:
+        raise CifarError(f"--start must be below --end, both positive (got {start:g} and {end:g})")
+    if steps < 2:
+        raise CifarError(f"--steps must be at least 2, not {steps}")
+    settings = replace(settings, lr=start, ema=0.0, val_split=0)
+    t = build_trainer(settings, spec, train_split, device, runtime or Runtime(), Distributed(), None,
+                      RunState(settings))
+    factor = (end / start) ** (1 / (steps - 1))
+    t = replace(t, scheduler=torch.optim.lr_scheduler.LambdaLR(t.optimizer, lambda i: factor ** i))
+    lrs, losses = [], []
+    epoch = 0
+    while len(lrs) < steps:
+        epoch += 1
+        t.plan.set_epoch(epoch)
+        for step, (images, labels) in enumerate(t.loader, start=1):
+            lrs.append(t.optimizer.param_groups[0]["lr"])
+            losses.append(train_step(t, images, labels, epoch, step)[0].item())
+            if len(lrs) >= steps or _exploded(losses):
+                return _finding(lrs, losses)
+    return _finding(lrs, losses)
+
+
+def _smooth(losses: list[float], beta: float = 0.9) -> list[float]:
+    average, out = 0.0, []
+    for i, loss in enumerate(losses, start=1):
+        average = beta * average + (1 - beta) * (loss if math.isfinite(loss) else 1e9)
+        out.append(average / (1 - beta**i))
+    return out
+
+
+def _exploded(losses: list[float]) -> bool:
+    smoothed = _smooth(losses)
+    return not math.isfinite(losses[-1]) or (len(smoothed) > 5 and smoothed[-1] > 4 * min(smoothed))
+
+
+def _finding(lrs: list[float], losses: list[float]) -> LrFinding:
+    smoothed = _smooth(losses)
+    best = int(np.argmin(smoothed))
+    diverged = lrs[-1] if _exploded(losses) else None
+    return LrFinding(lrs, losses, smoothed, suggestion=max(lrs[best] / 10, lrs[0]), lowest=lrs[best],
+                     diverged_at=diverged,
+                     how=f"one tenth of the lr at the lowest smoothed loss ({lrs[best]:.3g}), where the loss "
+                     "still falls steadily")
