@@ -66,6 +66,7 @@ ModelOption = Annotated[str | None, typer.Option(
     "--model", "-m", show_default="cifarnet-ds",
     help="The network: a preset (cifar models lists them) or your own, as FILE.py:NAME or package.module:NAME "
     "(a class or function returning an nn.Module).")]
+PngOut = Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (results are reproducible on CPU).")]
 TTA = Annotated[bool | None, typer.Option(
@@ -201,8 +202,7 @@ def receptive_field_command(model: ModelOption = None, as_json: Json = False) ->
 @app.command("augment-preview")
 @_fails_cleanly
 def augment_preview(
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)] = Path(
-        "augment-preview.png"),
+    out_file: PngOut = Path("augment-preview.png"),
     count: Annotated[int, typer.Option("--count", "-n", min=1, max=64, help="Training images, one row each.")] = 8,
     views: Annotated[int, typer.Option("--views", "-k", min=1, max=32, help="Augmented views of each.")] = 6,
     image: Annotated[list[Path] | None, typer.Option(
@@ -501,8 +501,7 @@ CheckpointArg = Annotated[Path | None, typer.Argument(
 @_fails_cleanly
 def mistakes(
     checkpoint: CheckpointArg = None,
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)] = Path(
-        "mistakes.png"),
+    out_file: PngOut = Path("mistakes.png"),
     count: Annotated[int, typer.Option("--count", "-n", help="Mistakes to show, most confident first.")] = 25,
     class_name: Annotated[str | None, typer.Option(
         "--class", help="Only images of this true class.", show_default="all classes")] = None,
@@ -532,7 +531,8 @@ def mistakes(
     titles = [f"{name(m.true)} -> {name(m.predicted)} ({100 * m.probability:.0f}%)" for m in shown]
     if shown:
         write_mistakes_grid(split.images[[m.index for m in shown]], titles, out_file, f"{len(shown)} of "
-                            f"{len(found):,} mistakes on {len(split):,} test images, most confident first")
+                            f"{len(found):,} mistakes on {len(split):,} test images, most confident first\n"
+                            "each titled: true class -> predicted class (the network's confidence)")
     confusions = [{"true": name(t), "predicted": name(p), "count": n} for t, p, n in common_confusions(found)]
     if as_json:
         _print_json({"checkpoint": str(path), "out": str(out_file) if shown else None, "images": len(split),
@@ -562,8 +562,7 @@ def gradcam(
     from_mistakes: Annotated[int | None, typer.Option(
         "--mistakes", help="Explain this many misclassified test images, most confident first.",
         show_default=False)] = None,
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)] = Path(
-        "gradcam.png"),
+    out_file: PngOut = Path("gradcam.png"),
     layer: Annotated[str | None, typer.Option(
         "--layer", help="The layer to explain, by name (cifar receptive-field shows them).",
         show_default="the last convolution with an output of 8x8 or more")] = None,
@@ -617,7 +616,7 @@ def _cam_inputs(images: list[Path] | None, from_mistakes: int | None, target: Ca
         if from_mistakes < 1:
             raise CifarError(f"--mistakes must be at least 1, not {from_mistakes}")
         split = load_split(_data_dir(data_dir), train=False, download_missing=download)
-        shown = find_mistakes(network, split, device, ckpt.mean, ckpt.std)[:from_mistakes]
+        shown = find_mistakes(network, split, device, ckpt.mean, ckpt.std, tta=DEFAULTS.tta)[:from_mistakes]
         if not shown:
             raise CifarError(f"the network misclassifies none of the {len(split):,} test images: nothing to explain")
         pixels, labels = split.images[[m.index for m in shown]], [m.true for m in shown]
@@ -632,7 +631,7 @@ def _cam_inputs(images: list[Path] | None, from_mistakes: int | None, target: Ca
     rows, titles = [], []
     for i, name in enumerate(names):
         guess = f"{ckpt.classes[predicted[i]]} {100 * float(probs[i, predicted[i]]):.0f}%"
-        titles.append(f"{name}\n{ckpt.classes[labels[i]]} -> {guess}" if labels else f"{name}\n{guess}")
+        titles.append(f"{name}: {ckpt.classes[labels[i]]} -> {guess}" if labels else f"{name}: {guess}")
         rows.append({"image": name, "predicted": ckpt.classes[predicted[i]], "explained": ckpt.classes[targets[i]],
                      **({"true": ckpt.classes[labels[i]]} if labels else {})})
     return pixels, titles, targets, rows
@@ -642,7 +641,7 @@ def _cam_inputs(images: list[Path] | None, from_mistakes: int | None, target: Ca
 @_fails_cleanly
 def lr_find(
     model: ModelOption = None,
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)] = Path("lr.png"),
+    out_file: PngOut = Path("lr.png"),
     start: Annotated[float, typer.Option("--start", help="The first learning rate.")] = 1e-5,
     end: Annotated[float, typer.Option("--end", help="The last learning rate.")] = 10.0,
     steps: Annotated[int, typer.Option("--steps", help="Mini-batches; bounds the time it takes.")] = 200,

@@ -19,6 +19,7 @@ import copy
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -306,9 +307,20 @@ class Trainer:
         return self.plan.batches_per_epoch()
 
 
+Schedule = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
+
+
+def one_cycle(settings: TrainSettings) -> Schedule:
+    """The training schedule: one cycle over all the run's steps, peaking at --lr a quarter of the way in."""
+    return lambda optimizer, total_steps: torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=warmup_fraction(total_steps))
+
+
 def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, device: torch.device,
-                  runtime: Runtime, dist: Distributed, resume: Checkpoint | None, state: RunState) -> Trainer:
-    """The network (fresh, or the checkpoint's), its optimizer and schedule, and the epoch's batches."""
+                  runtime: Runtime, dist: Distributed, resume: Checkpoint | None, state: RunState,
+                  schedule: Schedule | None = None) -> Trainer:
+    """The network (fresh, or the checkpoint's), its optimizer and schedule (one-cycle unless given),
+    and the epoch's batches."""
     torch.manual_seed(settings.seed)
     model = model_from_checkpoint(resume, raw=True, given=spec) if resume is not None else create_model(spec)
     model.to(device, memory_format=memory_format(device))
@@ -318,9 +330,7 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     plan = EpochBatches(len(train_split), settings.batch_size, settings.seed, dist.rank, dist.world)
     optimizer = torch.optim.SGD(param_groups(model, settings.weight_decay), lr=settings.lr,
                                 momentum=settings.momentum, nesterov=True)
-    total_steps = settings.epochs * plan.batches_per_epoch()
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total_steps,
-                                                    pct_start=warmup_fraction(total_steps))
+    scheduler = (schedule or one_cycle(settings))(optimizer, settings.epochs * plan.batches_per_epoch())
     amp_dtype = runtime.amp_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if resume is not None:

@@ -144,10 +144,10 @@ def lr_range_test(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     if steps < 2:
         raise CifarError(f"--steps must be at least 2, not {steps}")
     settings = replace(settings, lr=start, ema=0.0, val_split=0)
-    t = build_trainer(settings, spec, train_split, device, runtime or Runtime(), Distributed(), None,
-                      RunState(settings))
     factor = (end / start) ** (1 / (steps - 1))
-    t = replace(t, scheduler=torch.optim.lr_scheduler.LambdaLR(t.optimizer, lambda i: factor ** i))
+    t = build_trainer(settings, spec, train_split, device, runtime or Runtime(), Distributed(), None,
+                      RunState(settings), schedule=lambda opt, _: torch.optim.lr_scheduler.LambdaLR(
+                          opt, lambda i: factor ** i))
     lrs, losses = [], []
     epoch = 0
     while len(lrs) < steps:
@@ -170,8 +170,12 @@ def _smooth(losses: list[float], beta: float = 0.9) -> list[float]:
 
 
 def _exploded(losses: list[float]) -> bool:
-    smoothed = _smooth(losses)
-    return not math.isfinite(losses[-1]) or (len(smoothed) > 5 and smoothed[-1] > 4 * min(smoothed))
+    """Non-finite, or 4x its lowest, or back above where it started after a real (10%) fall: past that
+    point the network is worse than untrained. (With BatchNorm and label smoothing a blown-up network's
+    loss stays near chance rather than running off to infinity.)"""
+    s = _smooth(losses)
+    climbed_back = s[-1] > s[0] and s[0] - min(s) > 0.1 * s[0]
+    return not math.isfinite(losses[-1]) or (len(s) > 5 and (s[-1] > 4 * min(s) or climbed_back))
 
 
 def _finding(lrs: list[float], losses: list[float]) -> LrFinding:

@@ -215,21 +215,26 @@ def write_mistakes_grid(images: np.ndarray, titles: list[str], path: Path, headi
 
 def write_gradcam_sheet(images: np.ndarray, maps: np.ndarray, titles: list[str], path: Path, heading: str,
                         opacity: float = 0.5) -> None:
-    """One row per image: the image, its Grad-CAM heat map, and the map laid over the image."""
+    """Per image: the image, its Grad-CAM heat map, and the map laid over the image (two sets a row
+    when there are more than four images, so the sheet stays readable on one screen)."""
     plt = _pyplot()
     from matplotlib import colormaps
 
-    fig, axes = plt.subplots(len(images), 3, figsize=(6.6, 2.25 * len(images) + 0.6), dpi=110, squeeze=False)
-    for row, (image, heat, title) in enumerate(zip(images, maps, titles)):
-        colored = colormaps["jet"](heat)[..., :3]
-        overlay = (1 - opacity) * image / 255.0 + opacity * colored
-        for ax, picture, label in zip(axes[row], (image, heat, overlay), ("image", "Grad-CAM", "overlay")):
-            ax.imshow(picture, cmap="jet" if picture is heat else None, vmin=0, vmax=1 if picture is heat else None,
-                      interpolation="nearest" if picture is image else "bilinear")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(label if row == 0 else "", fontsize=9)
-        axes[row][0].set_ylabel(title, fontsize=8, rotation=0, ha="right", va="center", labelpad=6)
+    sets = 2 if len(images) > 4 else 1
+    rows = -(-len(images) // sets)
+    fig, axes = plt.subplots(rows, 3 * sets, figsize=(3.4 * 3 * sets / 1.5, 2.3 * rows + 0.6), dpi=110,
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (image, heat, title) in enumerate(zip(images, maps, titles)):
+        row, first = i // sets, 3 * (i % sets)
+        overlay = (1 - opacity) * image / 255.0 + opacity * colormaps["jet"](heat)[..., :3]
+        panels = ((image, "nearest", None), (heat, "bilinear", "jet"), (overlay, "bilinear", None))
+        for k, (picture, interpolation, cmap) in enumerate(panels):
+            ax = axes[row][first + k]
+            ax.imshow(picture, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None,
+                      interpolation=interpolation)
+            ax.set_title(title if k == 0 else ("Grad-CAM" if k == 1 else "overlay"), fontsize=8)
     fig.suptitle(heading, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
