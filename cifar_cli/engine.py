@@ -215,6 +215,13 @@ class RunState:
             raise CifarError("the checkpoint's training state is damaged (impossible values); it cannot be resumed")
 
 
+    def check_position(self, steps_per_epoch: int) -> None:
+        """A mid-epoch stop lies inside the epoch (a forged position would end it with nothing seen)."""
+        if self.position is not None and not 0 < self.position.batches <= steps_per_epoch:
+            raise CifarError("the checkpoint's training state is damaged (it stopped at batch "
+                             f"{self.position.batches} of {steps_per_epoch}); it cannot be resumed")
+
+
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM stopped the run after a resumable checkpoint was written."""
 
@@ -548,6 +555,7 @@ def train(
     runtime.configure(device, dist)
     spec = model_spec or (resume.model if resume is not None else preset_spec())
     t = build_trainer(settings, spec, train_split, device, runtime, dist, resume, state)
+    state.check_position(t.steps_per_epoch)
 
     with ExitStack() as stack:
         if dist.main:

@@ -203,7 +203,9 @@ def test_checkpoint_contents_are_validated(trained_run: Path, tiny_data: Path, t
 
 
 @pytest.mark.parametrize("damage", [{"best_epoch": "3"}, {"best_epoch": 99}, {"position": {
-    "epoch": 7, "batches": -1, "loss_sum": 0.0, "correct": 0, "seen": 0}}, {"scheduler": [1, 2]}])
+    "epoch": 7, "batches": -1, "loss_sum": 0.0, "correct": 0, "seen": 0}}, {"scheduler": [1, 2]},
+    {"history": [], "best_epoch": 0, "position": {"epoch": 1, "batches": 10**9, "loss_sum": 0.0, "correct": 0,
+                                                  "seen": 0}}])
 def test_a_training_state_with_wrong_types_or_impossible_values_is_refused(trained_run: Path, tiny_data: Path,
                                                                           tmp_path: Path, damage: dict) -> None:
     last = trained_run / "last.safetensors"
