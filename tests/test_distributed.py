@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import cli
+from conftest import cli, write_network
 
 from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_cli.data import EpochBatches, load_split
@@ -42,3 +42,30 @@ def test_two_gloo_processes_train_on_disjoint_shares(tiny_data: Path, tmp_path: 
     result = cli("eval", out / "best.safetensors", "--data-dir", tiny_data, "--device", "cpu", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["accuracy"] == max(r["test_acc"] for r in history)
+
+
+# Both processes' networks turn non-finite on their 14th training batch: epoch 2, step 4 at 10 steps an epoch.
+_POISONED = """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.batches = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10), 0
+
+    def forward(self, x):
+        if self.training:
+            self.batches += 1
+        out = self.fc(F.relu(self.conv(x)).mean((2, 3)))
+        return out * float("nan") if self.batches == 14 else out
+"""
+
+
+def test_a_diverging_group_says_so_once_with_the_real_step(tiny_data: Path, tmp_path: Path) -> None:
+    spec = write_network(tmp_path / "poisoned.py", _POISONED)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "cifar_cli", "train", "--model", spec, "--epochs", "3", "--batch-size", "16", "--device", "cpu",
+               "--data-dir", str(tiny_data), "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if "training diverged" in line]
+    assert len(lines) == 1, done.stderr[-3000:]  # one process speaks, not each
+    assert "non-finite at epoch 2, step 4; last.safetensors keeps epoch 1" in lines[0]  # the step, not a sum
