@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -152,6 +152,15 @@ class EpochTotals:
     loss_sum: float = 0.0
     correct: int = 0
     seen: int = 0
+    shares: list[list[float]] = field(default_factory=list)  # at a stop: each process's [loss_sum, correct, seen]
+
+    def share(self, rank: int, world: int) -> EpochTotals:
+        """What process `rank` carries into a resumed epoch: its own sums, so the epoch adds up exactly as
+        the uninterrupted one would have (a checkpoint without shares: rank 0 carries the totals)."""
+        if len(self.shares) == world:
+            loss_sum, correct, seen = self.shares[rank]
+            return EpochTotals(self.epoch, self.batches, loss_sum, int(correct), int(seen))
+        return self if rank == 0 else EpochTotals(self.epoch, self.batches)
 
 
 @dataclass
@@ -210,16 +219,25 @@ class RunState:
         if p is not None:
             sound = sound and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                                   for v in (p.epoch, p.batches, p.correct, p.seen)) \
-                and isinstance(p.loss_sum, (int, float)) and p.epoch == epochs + 1 and p.correct <= p.seen
+                and isinstance(p.loss_sum, (int, float)) and p.epoch == epochs + 1 and p.correct <= p.seen \
+                and isinstance(p.shares, list) and all(
+                    isinstance(share, list) and len(share) == 3
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in share)
+                    for share in p.shares)
         if not sound:
             raise CifarError("the checkpoint's training state is damaged (impossible values); it cannot be resumed")
 
 
-    def check_position(self, steps_per_epoch: int) -> None:
-        """A mid-epoch stop lies inside the epoch (a forged position would end it with nothing seen)."""
-        if self.position is not None and not 0 < self.position.batches <= steps_per_epoch:
+    def check_position(self, steps_per_epoch: int, world: int) -> None:
+        """A mid-epoch stop lies inside the epoch (a forged position would end it with nothing seen), and
+        continues with as many processes as it stopped with (each carries its own share)."""
+        p = self.position
+        if p is not None and not 0 < p.batches <= steps_per_epoch:
             raise CifarError("the checkpoint's training state is damaged (it stopped at batch "
-                             f"{self.position.batches} of {steps_per_epoch}); it cannot be resumed")
+                             f"{p.batches} of {steps_per_epoch}); it cannot be resumed")
+        if p is not None and p.shares and len(p.shares) != world:
+            raise CifarError(f"this run stopped mid-epoch with {len(p.shares)} process(es); resume it with as many "
+                             f"(torchrun --nproc_per_node={len(p.shares)}), not {world}")
 
 
 class TrainingInterrupted(Exception):
@@ -416,7 +434,7 @@ def train_one_epoch(t: Trainer, start: EpochTotals, stop: StopSignals, observer:
     t.plan.set_epoch(epoch, start.batches)
     observer.epoch_start(epoch, t.settings.epochs, t.steps_per_epoch, start.batches)
     t.model.train()
-    carried = start if t.dist.main else EpochTotals(epoch)  # the sums saved so far are counted once, by rank 0
+    carried = start.share(t.dist.rank, t.dist.world)
     # Running sums stay on the device; reading them is the loop's only wait, once per log interval.
     loss_sum = torch.tensor(carried.loss_sum, device=t.device)
     correct = torch.tensor(carried.correct, device=t.device)
@@ -439,7 +457,7 @@ def train_one_epoch(t: Trainer, start: EpochTotals, stop: StopSignals, observer:
         totals = EpochTotals(epoch, step, sums[0].item(), int(sums[1].item()), int(sums[2].item()))
         observer.step(step, totals.loss_sum / totals.seen, totals.correct / totals.seen)
         if stopping.item():
-            raise _StopRequested(totals)
+            raise _StopRequested(replace(totals, shares=_gather(t, loss_sum, correct, seen)))
     loss_sum, correct, seen = _sum_across(t, loss_sum, correct, seen)
     return EpochTotals(epoch, t.steps_per_epoch, loss_sum.item(), int(correct.item()), int(seen.item()))
 
@@ -451,6 +469,16 @@ def _sum_across(t: Trainer, *values: torch.Tensor | float) -> list[torch.Tensor]
     packed = torch.stack([torch.as_tensor(v, device=t.device).double() for v in values])
     torch_dist.all_reduce(packed)
     return list(packed.unbind())
+
+
+def _gather(t: Trainer, *values: torch.Tensor | float) -> list[list[float]]:
+    """Every process's values, in rank order (alone: its own); every process must call it at the same point."""
+    mine = torch.stack([torch.as_tensor(v, device=t.device).double() for v in values])
+    if t.dist.world == 1:
+        return [mine.tolist()]
+    parts = [torch.empty_like(mine) for _ in range(t.dist.world)]
+    torch_dist.all_gather(parts, mine)
+    return [p.tolist() for p in parts]
 
 
 def _first_bad_step(t: Trainer, first_bad: torch.Tensor) -> int:
@@ -555,7 +583,7 @@ def train(
     runtime.configure(device, dist)
     spec = model_spec or (resume.model if resume is not None else preset_spec())
     t = build_trainer(settings, spec, train_split, device, runtime, dist, resume, state)
-    state.check_position(t.steps_per_epoch)
+    state.check_position(t.steps_per_epoch, dist.world)
 
     with ExitStack() as stack:
         if dist.main:
@@ -572,6 +600,7 @@ def train(
                 if dist.main:
                     state.position = at.totals
                     _save_last(t, state, out_dir)
+                _sum_across(t, 0.0)  # the others wait for the save: torchrun stops them all when one exits
                 raise _interrupted(stop, out_dir, epoch, at.totals.batches) from None
             except _Diverged as bad:
                 raise CifarError(f"training diverged: the loss became non-finite at epoch {epoch}, step "

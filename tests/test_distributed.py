@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import cli, write_network
+from conftest import cli, history_without_times, write_network
 
 from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_cli.data import EpochBatches, load_split
@@ -69,3 +70,44 @@ def test_a_diverging_group_says_so_once_with_the_real_step(tiny_data: Path, tmp_
     lines = [line for line in done.stderr.splitlines() if "training diverged" in line]
     assert len(lines) == 1, done.stderr[-3000:]  # one process speaks, not each
     assert "non-finite at epoch 2, step 4; last.safetensors keeps epoch 1" in lines[0]  # the step, not a sum
+
+
+# A network that asks its own process to stop (SIGTERM) at its 22nd training batch when told to: epoch 2,
+# step 3 of 19, so both processes stop together at the next log step, mid-epoch.
+_STOPS = """
+import os, signal
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.batches = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10), 0
+
+    def forward(self, x):
+        if self.training:
+            self.batches += 1
+            if self.batches == 22 and os.environ.get("STOP_FOR_TEST"):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+"""
+
+
+def _torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--tee", "3",
+               "-m", "cifar_cli", "train", "--device", "cpu", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_a_group_stopped_mid_epoch_resumes_to_the_same_history(tiny_data: Path, tmp_path: Path) -> None:
+    spec = write_network(tmp_path / "stops.py", _STOPS)
+    common = ("--model", spec, "--epochs", "3", "--batch-size", "8", "--seed", "5", "--data-dir", str(tiny_data))
+    assert _torchrun(*common, "--out", str(tmp_path / "whole")).returncode == 0
+
+    stopped = _torchrun(*common, "--out", str(tmp_path / "cut"), env={"STOP_FOR_TEST": "1"})
+    assert stopped.returncode != 0 and "Resume with:" in stopped.stderr, stopped.stderr[-2000:]
+    position = load_checkpoint(tmp_path / "cut" / "last.safetensors").train_state["position"]
+    assert (position["epoch"], position["batches"]) == (2, 10)  # mid-epoch: 10 of 19 steps
+    resumed = _torchrun("--resume", str(tmp_path / "cut" / "last.safetensors"), "--model", spec,
+                        "--data-dir", str(tiny_data))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # The resumed epoch's training loss and accuracy count every process's share once, not rank 0's twice.
+    assert history_without_times(tmp_path / "cut") == history_without_times(tmp_path / "whole")
