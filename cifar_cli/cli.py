@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # the commands import the heavy modules (torch) only when the
     from torch import nn
 
     from cifar_cli.checkpoint import Checkpoint
+    from cifar_cli.models import ModelSpec
 
 app = typer.Typer(
     name="cifar",
@@ -330,7 +331,7 @@ def train(
     settings = (settings_of(checkpoint) if checkpoint else DEFAULTS).with_options(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, ema=ema, tta=tta)
     settings.validate()
-    spec = resolve_model(model) if model else None
+    spec = _given_model(model, checkpoint)
     torch_device = resolve_device(DeviceName(device).value)
     dist = init_distributed(torch_device)
     out_dir = _expand(out_dir) or default_out_dir(resume)
@@ -396,12 +397,23 @@ CheckpointPath = Annotated[Path | None, typer.Option(
     help="A .safetensors checkpoint written by cifar train.")]
 
 
+def _given_model(model: str | None, checkpoint: Checkpoint | None) -> ModelSpec | None:
+    """--model as given (None when not), with a warning when it is the user's own network and its source
+    file has changed since the checkpoint was written: the weights may still fit, so it goes on."""
+    from cifar_cli.models import resolve_model, source_changed
+
+    spec = resolve_model(model) if model else None
+    if checkpoint is not None and spec is not None and source_changed(checkpoint.model, spec):
+        err.print(f"warning: {_literal(spec.name)} has changed since {_literal(checkpoint.source)} was written "
+                  "(its source file's hash differs); going on with the file as it is now", soft_wrap=True)
+    return spec
+
+
 def _load_model(path: Path | None, device: str, tta: bool | None,
                 model: str | None) -> tuple[Path, Checkpoint, nn.Module, torch.device, bool]:
     """What eval and predict share: the checkpoint (the packaged one by default), its network on the
     device (a user network needs the user's --model), and the TTA choice (the training default unless given)."""
     from cifar_cli.checkpoint import PACKAGED_CHECKPOINT, load_checkpoint, model_from_checkpoint
-    from cifar_cli.models import resolve_model, source_changed
     from cifar_cli.runtime import resolve_device
 
     if path is None:
@@ -410,11 +422,7 @@ def _load_model(path: Path | None, device: str, tta: bool | None,
                              "pass a .safetensors file written by cifar train")
         path = PACKAGED_CHECKPOINT
     ckpt = load_checkpoint(path)  # expands ~ itself
-    given = resolve_model(model) if model else None
-    network = model_from_checkpoint(ckpt, path, given=given)
-    if given is not None and source_changed(ckpt.model, given):
-        err.print(f"warning: {_literal(given.name)} has changed since {_literal(path)} was written (its source "
-                  "file's hash differs); the weights still fit, so it goes on", soft_wrap=True)
+    network = model_from_checkpoint(ckpt, path, given=_given_model(model, ckpt))
     torch_device = resolve_device(DeviceName(device).value)
     return path, ckpt, network.to(torch_device), torch_device, DEFAULTS.tta if tta is None else tta
 
