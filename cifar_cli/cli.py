@@ -236,7 +236,7 @@ def augment_preview(
     else:
         out.print("[bold]Training pipeline[/]")
         for line in pipeline:
-            out.print(f"  {line}", soft_wrap=True)
+            out.print(f"  {_literal(line)}", soft_wrap=True)
         out.print(f"Wrote {len(labels)} images x {views} views to [bold]{_literal(out_file)}[/]")
 
 

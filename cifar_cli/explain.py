@@ -19,8 +19,9 @@ from cifar_cli.errors import CifarError
 from cifar_cli.models import ModelSpec
 from cifar_cli.receptive_field import trace_forward
 from cifar_cli.runtime import Distributed, Runtime
-from cifar_cli.settings import TrainSettings
+from cifar_cli.settings import MAX_LR, TrainSettings
 
+MAX_STEPS = 100_000  # a range test of more mini-batches than this is a typo (200 is the usual)
 MIN_CAM_SIZE = 8  # a heat map from a 4x4 or smaller feature map says little about where the network looked
 
 
@@ -139,10 +140,11 @@ def lr_range_test(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     """From fresh weights, raise the lr exponentially from `start` to `end` over `steps` mini-batches of
     the real training pipeline (same augmentation, optimizer and weight-decay groups as train), stopping
     when the smoothed loss explodes. Writes nothing."""
-    if not 0 < start < end:
-        raise CifarError(f"--start must be below --end, both positive (got {start:g} and {end:g})")
-    if steps < 2:
-        raise CifarError(f"--steps must be at least 2, not {steps}")
+    if not 0 < start < end <= MAX_LR:  # also refuses nan and infinity
+        raise CifarError(f"--start must be below --end, both positive and at most {MAX_LR:g} "
+                         f"(got {start:g} and {end:g})")
+    if not 2 <= steps <= MAX_STEPS:
+        raise CifarError(f"--steps must be between 2 and {MAX_STEPS:,}, not {steps}")
     settings = replace(settings, lr=start, ema=0.0, val_split=0)
     factor = (end / start) ** (1 / (steps - 1))
     t = build_trainer(settings, spec, train_split, device, runtime or Runtime(), Distributed(), None,

@@ -131,7 +131,8 @@ def test_lr_find_suggests_a_peak_inside_the_range_and_touches_no_run(trained_run
     (["mistakes", "-n", "0"], ["-n must be at least 1"]),
     (["mistakes", "--class", "unicorn"], ["--class unicorn", "airplane"]),
     (["lr-find", "--start", "1", "--end", "0.1"], ["--start must be below --end"]),
-    (["lr-find", "--steps", "1"], ["--steps must be at least 2"]),
+    (["lr-find", "--steps", "1"], ["--steps must be between 2 and 100,000"]),
+    (["lr-find", "--end", "inf"], ["--start must be below --end"]),
 ])
 def test_bad_explain_input_is_a_one_line_error(tiny_data: Path, tmp_path: Path, args: list[str],
                                                words: list[str]) -> None:
