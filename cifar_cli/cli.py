@@ -364,7 +364,7 @@ def train(
     except KeyboardInterrupt:
         last = out_dir / "last.safetensors"
         kept = f"{_literal(last)} holds the last saved state" if last.is_file() else "no checkpoint was written"
-        err.print(f"Interrupted at once (second Ctrl-C); {kept}.", soft_wrap=True)
+        err.print(f"Interrupted; {kept}.", soft_wrap=True)  # before training began, or a second Ctrl-C
         raise typer.Exit(128 + signal.SIGINT) from None
     finally:
         shutdown_distributed()
