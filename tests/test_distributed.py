@@ -14,12 +14,28 @@ from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_cli.data import EpochBatches, load_split
 
 
+def _torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 -m cifar_cli train --device cpu ARGS`, as a user starts it.
+
+    Under pytest (and only there: not in 20 runs outside it) a gloo process now and then dies of SIGABRT,
+    about one launch in ten, in runs that otherwise succeed. Not understood; such a launch is tried once
+    more (a resume is idempotent; a fresh run replaces its own partial folder), so the flake cannot pass
+    for a result. A second death fails the test.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--tee", "3",
+               "-m", "cifar_cli", "train", "--device", "cpu", *args]
+    environment = {**os.environ, **(env or {})}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    if "SIGABRT" in done.stderr:
+        again = command if "--resume" in args else [*command, "--overwrite"]
+        done = subprocess.run(again, capture_output=True, text=True, timeout=300, env=environment)
+    return done
+
+
 def test_two_gloo_processes_train_on_disjoint_shares(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "cifar_cli", "train", "--epochs", "2", "--batch-size", "16", "--lr", "0.05", "--seed", "4",
-               "--device", "cpu", "--data-dir", str(tiny_data), "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = _torchrun("--epochs", "2", "--batch-size", "16", "--lr", "0.05", "--seed", "4",
+                     "--data-dir", str(tiny_data), "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
 
     # Only rank 0 speaks and writes.
@@ -62,10 +78,8 @@ class Net(nn.Module):
 
 def test_a_diverging_group_says_so_once_with_the_real_step(tiny_data: Path, tmp_path: Path) -> None:
     spec = write_network(tmp_path / "poisoned.py", _POISONED)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "cifar_cli", "train", "--model", spec, "--epochs", "3", "--batch-size", "16", "--device", "cpu",
-               "--data-dir", str(tiny_data), "--out", str(tmp_path / "run")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = _torchrun("--model", spec, "--epochs", "3", "--batch-size", "16", "--data-dir", str(tiny_data),
+                     "--out", str(tmp_path / "run"))
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if "training diverged" in line]
     assert len(lines) == 1, done.stderr[-3000:]  # one process speaks, not each
@@ -91,10 +105,6 @@ class Net(nn.Module):
 """
 
 
-def _torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--tee", "3",
-               "-m", "cifar_cli", "train", "--device", "cpu", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 def test_a_group_stopped_mid_epoch_resumes_to_the_same_history(tiny_data: Path, tmp_path: Path) -> None:
