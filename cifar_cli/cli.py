@@ -351,7 +351,9 @@ def train(
             result = run_training(settings, train_split, test_split, out_dir, torch_device, model_spec=spec,
                                   runtime=runtime, resume=checkpoint, observer=observer, dist=dist,
                                   overwrite=overwrite)
+        shutdown_distributed(together=True)
     except TrainingInterrupted as stop:
+        shutdown_distributed(together=True)
         if dist.main:
             device_name = DeviceName(device).value
             again = shlex.join(["cifar", "train", "--resume", str(stop.checkpoint),

@@ -44,8 +44,13 @@ def init_distributed(device: torch.device) -> Distributed:
                        local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(together: bool = False) -> None:
+    """Leave the process group. `together`: when every process got here by the same path (a finished or
+    stopped run), wait for all of them first, so that no process tears its connections down while
+    another still uses them. Error paths leave without waiting: the others may never arrive."""
     if torch_dist.is_available() and torch_dist.is_initialized():
+        if together:
+            torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 

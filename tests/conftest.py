@@ -124,3 +124,28 @@ def write_network(path: Path, body: str) -> str:
     """Write a user's network file and return the --model spec that names it (`path:Net`)."""
     path.write_text(NETWORK_HEADER + body)
     return f"{path}:Net"
+
+
+def network_with_event(batch: int, event: str) -> str:
+    """The source of a small user network that, on its `batch`-th training batch, runs `event`: a line of
+    Python that may replace `out` (the logits) or do something to its process. Faults enter the engine
+    through the public seam a user has, their own network, not by patching our internals."""
+    return f"""
+import os, signal
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.batches = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10), 0
+
+    def forward(self, x):
+        out = self.fc(F.relu(self.conv(x)).mean((2, 3)))
+        if self.training:
+            self.batches += 1
+            if self.batches == {batch}:
+                {event}
+        return out
+"""
+
+
+TURN_NON_FINITE = 'out = out * float("nan")'

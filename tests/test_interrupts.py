@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean_error, cli, history_without_times, write_network
+from conftest import TURN_NON_FINITE, assert_clean_error, cli, history_without_times, network_with_event, write_network
 
 from cifar_cli.checkpoint import load_checkpoint
 from cifar_cli.data import AugmentedBatches, EpochBatches, load_split
@@ -129,19 +129,8 @@ def test_kill_9_mid_run_leaves_a_checkpoint_that_resumes(tiny_data: Path, refere
     _assert_same_run(tmp_path, reference)
 
 
-# A network that turns non-finite on its 24th training batch: epoch 2, step 5, at 19 steps an epoch.
-_POISONED = """
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.fc, self.batches = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10), 0
-
-    def forward(self, x):
-        if self.training:
-            self.batches += 1
-        out = self.fc(F.relu(self.conv(x)).mean((2, 3)))
-        return out * float("nan") if self.batches == 24 else out
-"""
+# Turns non-finite on its 24th training batch: epoch 2, step 5, at 19 steps an epoch.
+_POISONED = network_with_event(24, TURN_NON_FINITE)
 
 
 def test_non_finite_loss_stops_with_epoch_step_and_hint(splits: tuple, tmp_path: Path) -> None:
