@@ -88,10 +88,6 @@ def trace_forward(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 3
     return trace
 
 
-def trace_calls(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> list[Call]:
-    return trace_forward(model, input_size).calls
-
-
 def _pair(v: int | tuple[int, ...]) -> int:
     """The height component; the networks here are square, so one number describes the layer."""
     return v[0] if isinstance(v, tuple) else int(v)
