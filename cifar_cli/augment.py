@@ -15,9 +15,13 @@ import torch
 
 from cifar_cli.data import MEAN, STD
 
-# CoarseDropout fills its hole with the dataset mean, in the uint8 pixel scale it runs on.
+# The pipeline's numbers, read by both implementations (this one and device_augment's torch one).
+FLIP_P = 0.5
+AFFINE_P, SHIFT, SCALE, ROTATE = 0.5, 0.0625, (0.9, 1.1), 15.0  # ShiftScaleRotate(0.0625, 0.1, 15)
+DROPOUT_P, HOLE_SIZE = 0.5, 16
+TONE_P, BRIGHTNESS, CONTRAST = 0.5, 0.2, 0.2  # RandomBrightnessContrast
+# Borders and holes are filled with the dataset mean, in the uint8 pixel scale the pipeline runs on.
 MEAN_PIXEL: tuple[float, float, float] = tuple(255.0 * m for m in MEAN)
-HOLE_SIZE = 16
 
 
 def train_pipeline(seed: int | None = None) -> A.Compose:
@@ -28,24 +32,24 @@ def train_pipeline(seed: int | None = None) -> A.Compose:
     """
     return A.Compose(
         [
-            A.HorizontalFlip(p=0.5),
-            # ShiftScaleRotate(0.0625, 0.1, 15) written as the Affine that 2.x asks for.
+            A.HorizontalFlip(p=FLIP_P),
+            # ShiftScaleRotate written as the Affine that 2.x asks for.
             A.Affine(
-                translate_percent=(-0.0625, 0.0625),
-                scale=(0.9, 1.1),
-                rotate=(-15, 15),
+                translate_percent=(-SHIFT, SHIFT),
+                scale=SCALE,
+                rotate=(-ROTATE, ROTATE),
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=MEAN_PIXEL,
-                p=0.5,
+                p=AFFINE_P,
             ),
             A.CoarseDropout(
                 num_holes_range=(1, 1),
                 hole_height_range=(HOLE_SIZE, HOLE_SIZE),
                 hole_width_range=(HOLE_SIZE, HOLE_SIZE),
                 fill=MEAN_PIXEL,
-                p=0.5,
+                p=DROPOUT_P,
             ),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=BRIGHTNESS, contrast_limit=CONTRAST, p=TONE_P),
         ],
         seed=seed,
     )

@@ -13,6 +13,10 @@ from typer.testing import CliRunner
 from cifar_cli.cli import app
 from cifar_cli.data import CLASSES, FOLDER
 
+# The real CIFAR-10 (all of it) where the workplace keeps it beside the checkout; None elsewhere.
+_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_DATA = _SHARED_DATA if (_SHARED_DATA / FOLDER / "test_batch").is_file() else None
+
 # Each class gets its own colour and stripe direction, plus noise: learnable in a few epochs, like a
 # memorisable subset of the real thing, yet every image is different.
 _PALETTE = np.array([[230, 40, 40], [40, 200, 40], [40, 40, 230], [220, 220, 40], [220, 40, 220],

@@ -8,17 +8,16 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
+from conftest import REAL_DATA
 
 from cifar_cli.augment import HOLE_SIZE, MEAN_PIXEL, normalize, preview, train_pipeline
 from cifar_cli.data import MEAN, STD, load_split
-
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture
 def real_image(tiny_data: Path) -> np.ndarray:
     """A real CIFAR-10 training image when ../shared/data is there, else one from the fixture files."""
-    root = REAL_DATA if (REAL_DATA / "cifar-10-batches-py" / "test_batch").is_file() else tiny_data
+    root = REAL_DATA or tiny_data
     return load_split(root, train=False).images[3]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TRAIN_ARGS, assert_clean_error, cli
+from conftest import REAL_DATA, TRAIN_ARGS, assert_clean_error, cli
 from PIL import Image
 
 import cifar_cli.checkpoint as checkpoint_module
@@ -22,7 +22,6 @@ from cifar_cli.settings import TrainSettings
 
 CPU = torch.device("cpu")
 README = Path(__file__).parents[1] / "README.md"
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_held_out_slice_is_fixed_disjoint_and_picks_the_best_epoch(tiny_data: Path, tmp_path: Path) -> None:
@@ -126,7 +125,7 @@ def test_the_packaged_checkpoint_is_the_result_the_readme_states(tiny_data: Path
     assert json.loads(result.stdout)["checkpoint"] == str(PACKAGED_CHECKPOINT)
 
 
-@pytest.mark.skipif(not (REAL_DATA / "cifar-10-batches-py" / "test_batch").is_file(),
+@pytest.mark.skipif(REAL_DATA is None,
                     reason="the real CIFAR-10 test set is not next to this checkout (../shared/data)")
 def test_the_packaged_checkpoint_scores_what_it_claims_on_the_official_test_set() -> None:
     ckpt = load_checkpoint(PACKAGED_CHECKPOINT)

@@ -1,0 +1,160 @@
+"""The torch augmentation (the GPU-resident path) against Albumentations, the reference, on the CPU.
+
+(a) Given the parameters Albumentations drew, both produce the same pixels (a few values may differ by one
+level, where float rounding lands on .5 differently). (b) Each drawing its own parameters, the two agree
+in distribution: two-sample KS tests on per-image statistics and on the sampled matrices. Where CUDA is
+present, the device's pixels match the CPU's.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from conftest import REAL_DATA
+from scipy.stats import ks_2samp
+
+from cifar_cli import device_augment as D
+from cifar_cli.augment import HOLE_SIZE, train_pipeline
+from cifar_cli.data import load_split
+
+
+def natural_images(count: int, seed: int = 0) -> np.ndarray:
+    """uint8 N x 32 x 32 x 3: the real test images where ../shared/data has them, else smooth random
+    scenes with noise (sharp edges and gradients, so interpolation errors would show)."""
+    if REAL_DATA is not None:
+        return load_split(REAL_DATA, train=False).images[:count]
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:32, 0:32]
+    images = np.empty((count, 32, 32, 3), np.uint8)
+    for i in range(count):
+        base = rng.uniform(0, 255, 3) + rng.uniform(-4, 4, 3) * (xs[..., None] - 16) * rng.uniform(-1, 1)
+        box = (abs(xs - rng.integers(0, 32)) < rng.integers(2, 12)) & (abs(ys - rng.integers(0, 32)) < 8)
+        base = base + box[..., None] * rng.uniform(-120, 120, 3) + rng.normal(0, 12, (32, 32, 3))
+        images[i] = base.clip(0, 255)
+    return images
+
+
+def albumentations_draws(images: np.ndarray, seed: int) -> tuple[np.ndarray, D.AugmentParams]:
+    """The reference pipeline's outputs, and the parameters it applied, as the torch side takes them."""
+    pipeline = train_pipeline(seed=seed)
+    pipeline.save_applied_params = True
+    outputs, rows = [], []
+    for image in images:
+        result = pipeline(image=image)
+        outputs.append(result["image"])
+        rows.append(dict(result["applied_transforms"]))
+    affine = [r.get("Affine", {"matrix": np.eye(3)})["matrix"][:2] for r in rows]
+    corner = [r["CoarseDropout"]["holes"][0][:2] if "CoarseDropout" in r else (0, 0) for r in rows]
+    tone = [r.get("RandomBrightnessContrast", {"alpha": 1.0, "beta": 0.0}) for r in rows]
+    params = D.AugmentParams(
+        flip=torch.tensor(["HorizontalFlip" in r for r in rows]),
+        warp=torch.tensor(["Affine" in r for r in rows]),
+        matrix=torch.from_numpy(np.array(affine, dtype=np.float64)),
+        hole=torch.tensor(["CoarseDropout" in r for r in rows]),
+        corner=torch.from_numpy(np.array(corner, dtype=np.int64)),
+        tone=torch.tensor(["RandomBrightnessContrast" in r for r in rows]),
+        alpha=torch.tensor([t["alpha"] for t in tone], dtype=torch.float32),
+        beta=torch.tensor([t["beta"] for t in tone], dtype=torch.float32),
+    )
+    return np.stack(outputs), params
+
+
+def torch_side(images: np.ndarray, params: D.AugmentParams, device: str = "cpu") -> np.ndarray:
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
+    return D.apply(batch, params.to(torch.device(device))).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def test_the_same_parameters_give_the_same_pixels():
+    images = natural_images(2000)
+    reference, params = albumentations_draws(images, seed=7)
+    ours = torch_side(images, params)
+    diff = np.abs(ours.astype(int) - reference.astype(int))
+    assert diff.max() <= 1
+    # Measured: 25 of 6,144,000 values on the real images (0.0004%), all in warped images.
+    assert (diff > 0).mean() < 1e-4, f"{(diff > 0).sum()} values differ"
+    assert params.warp.any() and params.hole.any() and params.tone.any() and params.flip.any()
+
+
+def per_image_statistics(originals: np.ndarray, augmented: np.ndarray) -> dict[str, np.ndarray]:
+    flat = augmented.reshape(len(augmented), -1).astype(float)
+    changed = (augmented != originals).any(axis=3).reshape(len(augmented), -1).mean(1)
+    return {"mean": flat.mean(1), "std": flat.std(1), "changed pixels": changed}
+
+
+AFFINE_PARTS = ("shift x", "shift y", "scale x", "scale y", "scale x - scale y (independence)", "angle")
+
+
+def affine_parts(params: D.AugmentParams) -> list[torch.Tensor]:
+    """Undo Albumentations' composition of the applied matrices: shift, scales, angle in degrees."""
+    m = params.matrix[params.warp]
+    linear, centre = m[:, :, :2], torch.full((2,), 15.5, dtype=torch.float64)
+    # Rounded to a millionth: float noise would otherwise split equal whole-pixel shifts for the KS test.
+    shift = ((m[:, :, 2] - centre + linear @ centre) * 1e6).round() / 1e6
+    scale_x, scale_y = linear[:, :, 0].norm(dim=1), linear[:, :, 1].norm(dim=1)
+    angle = torch.rad2deg(torch.atan2(-linear[:, 1, 0], linear[:, 0, 0]))
+    return [shift[:, 0], shift[:, 1], scale_x, scale_y, scale_x - scale_y, angle]
+
+
+def test_own_draws_agree_in_distribution_with_albumentations():
+    images = natural_images(10_000)
+    reference, theirs = albumentations_draws(images, seed=1)
+    mine = D.draw(len(images), seed=2)
+    ours = torch_side(images, mine)
+    ref_stats, our_stats = per_image_statistics(images, reference), per_image_statistics(images, ours)
+    for name in ref_stats:
+        assert ks_2samp(ref_stats[name], our_stats[name]).pvalue > 1e-3, name
+    for name in ("flip", "warp", "hole", "tone"):  # each transform's probability
+        assert abs(getattr(mine, name).float().mean() - getattr(theirs, name).float().mean()) < 0.03, name
+    # Affine: the shift, the two scales and the angle behind each applied matrix.
+    for name, theirs_values, mine_values in zip(AFFINE_PARTS, affine_parts(theirs), affine_parts(mine)):
+        assert ks_2samp(theirs_values, mine_values).pvalue > 1e-3, name
+    for name in ("alpha", "beta"):
+        assert ks_2samp(getattr(theirs, name)[theirs.tone], getattr(mine, name)[mine.tone]).pvalue > 1e-3, name
+
+
+def test_albumentations_quirks_that_the_torch_side_reproduces():
+    """Measured on Albumentations, not assumed: whole-pixel shifts of -1/0/+1, independent x/y scales, and
+    two different mean fills (the warp's border rounds, the hole truncates)."""
+    _, theirs = albumentations_draws(natural_images(2000), seed=3)
+    shift_x, shift_y, _, _, scale_difference, _ = affine_parts(theirs)
+    shift = torch.cat([shift_x, shift_y])
+    assert torch.equal(shift, shift.round())
+    assert set(shift.round().tolist()) == {-1.0, 0.0, 1.0}
+    assert 0.4 < (shift.round() == 0).double().mean() < 0.6
+    assert scale_difference.abs().max() > 0.1
+
+    black = np.zeros((32, 32, 3), np.uint8)
+    transforms = {type(t).__name__: t for t in train_pipeline().transforms}
+    hole, warp = transforms["CoarseDropout"], transforms["Affine"]
+    hole.p = warp.p = 1.0
+    hole_pixels = {tuple(p) for p in A.Compose([hole], seed=0)(image=black)["image"].reshape(-1, 3).tolist()}
+    assert hole_pixels == {(0, 0, 0), D.HOLE_FILL}  # (125, 122, 113): truncated
+    warped = np.concatenate([A.Compose([warp], seed=s)(image=black)["image"].reshape(-1, 3) for s in range(20)])
+    assert D.BORDER_FILL in {tuple(p) for p in warped.tolist()}  # (125, 123, 114): rounded
+    assert D.HOLE_FILL != D.BORDER_FILL
+
+
+def test_the_hole_is_a_square_of_the_given_size_inside_the_image():
+    images = torch.zeros(50, 3, 32, 32, dtype=torch.uint8)
+    params = D.draw(50, seed=4)
+    out = D.cut_hole(images, torch.ones(50, dtype=torch.bool), params.corner, D.HOLE_FILL)
+    assert ((out[:, 0] == D.HOLE_FILL[0]).sum((1, 2)) == HOLE_SIZE * HOLE_SIZE).all()
+
+
+def test_a_batch_is_augmented_the_same_from_the_same_seed_and_differently_from_another():
+    images = torch.from_numpy(natural_images(64)).permute(0, 3, 1, 2)
+    assert torch.equal(D.augment(images, 11), D.augment(images, 11))
+    assert not torch.equal(D.augment(images, 11), D.augment(images, 12))
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(D.augment(channels_last, 11), D.augment(images.contiguous(), 11))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_device_gives_the_cpus_pixels():
+    images = natural_images(2000)
+    params = D.draw(len(images), seed=5)
+    cpu, cuda = torch_side(images, params, "cpu"), torch_side(images, params, "cuda")
+    diff = np.abs(cpu.astype(int) - cuda.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4
