@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cifar_cli import __version__
 from cifar_cli.errors import CifarError
-from cifar_cli.settings import DEFAULTS, DEVICES
+from cifar_cli.settings import AUGMENT_PLACES, DEFAULTS, DEVICES
 
 if TYPE_CHECKING:  # the commands import the heavy modules (torch) only when they run
     import torch
@@ -59,6 +59,7 @@ DataDir = Annotated[Path | None, typer.Option(
     file_okay=False, show_default=False)]
 Download = Annotated[bool, typer.Option("--download/--no-download", help="Fetch CIFAR-10 (md5-checked) if missing.")]
 DeviceName = Enum("DeviceName", {name: name for name in DEVICES}, type=str)
+AugmentPlace = Enum("AugmentPlace", {name: name for name in AUGMENT_PLACES}, type=str)
 Device = Annotated[DeviceName, typer.Option("--device", help="Where to run: auto picks CUDA, then MPS, then CPU.")]
 Workers = Annotated[int | None, typer.Option(
     "--workers", min=0, show_default="0 on the CPU, which the training uses; up to 8 per GPU",
@@ -298,6 +299,10 @@ def train(
     data_dir: DataDir = None,
     download: Download = False,
     workers: Workers = None,
+    augment_on: Annotated[AugmentPlace, typer.Option(
+        "--augment-on", help="Where training images are augmented: device (batched torch ops where the images live, "
+        "the training set uploaded once) or loader (Albumentations in loader workers); auto: device on CUDA, "
+        "loader elsewhere. The same pipeline, drawn from other random streams.")] = AugmentPlace.auto,
     amp: Annotated[bool | None, typer.Option(
         "--amp/--no-amp", show_default="on where the GPU can: bf16 on compute capability 8.0+, fp16 on 7.x",
         help="Mixed precision on CUDA (autocast).")] = None,
@@ -345,7 +350,7 @@ def train(
         name = (spec or (checkpoint.model if checkpoint else resolve_model(None))).describe()
         console.print(_train_header(settings, name, torch_device, dist.world, len(train_split), len(test_split),
                                     out_dir, resume), soft_wrap=True)
-    runtime = Runtime(workers=workers, amp=amp, compile=compile_model)
+    runtime = Runtime(workers=workers, amp=amp, compile=compile_model, augment_on=AugmentPlace(augment_on).value)
     try:
         with _RichTrainObserver(console, enabled=dist.main) as observer:
             result = run_training(settings, train_split, test_split, out_dir, torch_device, model_spec=spec,
@@ -359,7 +364,8 @@ def train(
             again = shlex.join(["cifar", "train", "--resume", str(stop.checkpoint),
                                 *(["--data-dir", str(data_dir)] if data_dir else []),
                                 *(["--model", model] if model and ":" in model else []),
-                                *(["--device", device_name] if device_name != "auto" else [])])
+                                *(["--device", device_name] if device_name != "auto" else []),
+                                *(["--augment-on", runtime.augment_on] if runtime.augment_on != "auto" else [])])
             err.print(f"Stopped by {signal.Signals(stop.signum).name} at epoch {stop.epoch}, step {stop.step}; "
                       f"saved {_literal(stop.checkpoint)}. Resume with: {_literal(again)}", soft_wrap=True)
         raise typer.Exit(128 + stop.signum) from None

@@ -249,6 +249,29 @@ class AugmentedBatches(Dataset):
         return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(self.split.labels[indices])
 
 
+class DeviceBatches:
+    """The GPU-resident path: the training set uploaded once, served as whole augmented batches.
+
+    The same batch plan and batch seeds as the loader path, so resume is exact at any batch; `augment`
+    works on a uint8 N x 3 x H x W batch where it lives (device_augment.augment). No DataLoader, workers
+    or pinned memory: on a GPU, per-image work on a few CPU cores would set the pace.
+    """
+
+    def __init__(self, split: Split, plan: EpochBatches, augment: Callable[[torch.Tensor, int], torch.Tensor],
+                 device: torch.device):
+        self.plan, self.augment, self.device = plan, augment, device
+        self.images = torch.from_numpy(split.images).to(device).permute(0, 3, 1, 2)  # channels_last view
+        self.labels = torch.from_numpy(split.labels).to(device)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for seed, indices in self.plan:
+            chosen = torch.from_numpy(indices).to(self.device, non_blocking=True)
+            yield self.augment(self.images[chosen], seed), self.labels[chosen]
+
+
 def batches_in_order(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The split's uint8 images as N x 3 x H x W channels_last tensors with labels, in file order."""
     for start in range(0, len(split), batch_size):

@@ -6,8 +6,10 @@ and `_judge_epoch` (evaluate, keep the best, save). Batches come from `data.Epoc
 `data.AugmentedBatches`; the run folder's files and the stop signals live in `run_folder`; the device,
 threads and AMP in `runtime`.
 
-Speed: augmentation runs on uint8 pixels, normalisation runs batched on the device, the network runs
-channels_last (autocast on CUDA), and the loop never waits on the device except once per log interval.
+Speed: augmentation runs on uint8 pixels (on CUDA the training set lives on the GPU and is augmented
+there, `data.DeviceBatches`; elsewhere Albumentations runs in loader workers), normalisation runs batched
+on the device, the network runs channels_last (autocast on CUDA), and the loop never waits on the device
+except once per log interval.
 Safety: last.safetensors is rewritten atomically after every epoch and on SIGINT/SIGTERM mid-epoch; a
 resumed run repeats exactly what the uninterrupted one would have done, because every batch's order,
 augmentation and dropout are seeded from (seed, epoch, batch), never from process state.
@@ -19,7 +21,7 @@ import copy
 import signal
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cifar_cli import __version__
+from cifar_cli import __version__, device_augment
 from cifar_cli.augment import BatchAugmenter, normalize, train_pipeline
 from cifar_cli.checkpoint import (
     Checkpoint,
@@ -47,6 +49,7 @@ from cifar_cli.data import (
     MEAN,
     STD,
     AugmentedBatches,
+    DeviceBatches,
     EpochBatches,
     Split,
     batches_in_order,
@@ -322,7 +325,7 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler  # scales fp16 losses; a no-op in every other dtype
     plan: EpochBatches
-    loader: DataLoader
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]]  # augmented uint8 batches: DeviceBatches or a DataLoader
     device: torch.device
     dist: Distributed
     amp_dtype: torch.dtype | None
@@ -373,8 +376,7 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     if runtime.compile:
         ddp_model = torch.compile(ddp_model)
     return Trainer(settings, spec, model, ddp_model, average.model if average else model, average, optimizer,
-                   scheduler, scaler, plan, _loader(train_split, plan, device, runtime.loader_workers(device, dist)),
-                   device, dist, amp_dtype)
+                   scheduler, scaler, plan, _batches(train_split, plan, device, runtime, dist), device, dist, amp_dtype)
 
 
 def warmup_fraction(total_steps: int) -> float:
@@ -383,7 +385,12 @@ def warmup_fraction(total_steps: int) -> float:
     return 0.25 if 0.25 * total_steps != 1 else 2 / total_steps
 
 
-def _loader(split: Split, plan: EpochBatches, device: torch.device, workers: int) -> DataLoader:
+def _batches(split: Split, plan: EpochBatches, device: torch.device, runtime: Runtime,
+             dist: Distributed) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's augmented uint8 batches: made on the device (CUDA), or by Albumentations in loader workers."""
+    if runtime.augments_on_device(device):
+        return DeviceBatches(split, plan, device_augment.augment, device)
+    workers = runtime.loader_workers(device, dist)
     return DataLoader(
         AugmentedBatches(split, BatchAugmenter(train_pipeline())),
         batch_sampler=plan,
@@ -551,6 +558,7 @@ def _prepare_out_dir(stack: ExitStack, out_dir: Path, t: Trainer, sizes: dict[st
     write_settings(out_dir, {"settings": t.settings.to_dict(), "model": t.spec.to_dict(), "data": sizes,
                              "device": str(t.device), "processes": t.dist.world,
                              "amp": str(t.amp_dtype).removeprefix("torch.") if t.amp_dtype else None,
+                             "augment_on": "device" if isinstance(t.loader, DeviceBatches) else "loader",
                              "torch": torch.__version__, "cifar_cli": __version__})
 
 

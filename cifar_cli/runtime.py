@@ -12,7 +12,7 @@ import torch
 import torch.distributed as torch_dist
 
 from cifar_cli.errors import CifarError
-from cifar_cli.settings import DEVICES
+from cifar_cli.settings import AUGMENT_PLACES, DEVICES
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,18 @@ def autocast_dtype(device_type: str, capability: tuple[int, int] | None, amp: bo
 
 @dataclass(frozen=True)
 class Runtime:
-    """How a run executes; none of it changes the result on the CPU."""
+    """How a run executes. On the CPU only `augment_on` changes the result: the two augmentation paths
+    run the same pipeline but draw their parameters from different random streams."""
 
     workers: int | None = None  # None: 0 on the CPU (the cores train), else up to 8 per GPU
     amp: bool | None = None  # None: autocast in the best dtype the GPU supports (autocast_dtype)
     compile: bool = False
+    augment_on: str = "auto"  # AUGMENT_PLACES: auto is the GPU-resident path on CUDA, the loader elsewhere
+
+    def augments_on_device(self, device: torch.device) -> bool:
+        if self.augment_on not in AUGMENT_PLACES:
+            raise CifarError(f"--augment-on {self.augment_on}: choose one of {', '.join(AUGMENT_PLACES)}")
+        return self.augment_on == "device" or (self.augment_on == "auto" and device.type == "cuda")
 
     def loader_workers(self, device: torch.device, dist: Distributed) -> int:
         if self.workers is not None:

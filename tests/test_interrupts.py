@@ -23,6 +23,7 @@ from cifar_cli.engine import TrainingInterrupted, train
 from cifar_cli.errors import CifarError
 from cifar_cli.models import resolve_model
 from cifar_cli.run_folder import lock_out_dir
+from cifar_cli.runtime import Runtime
 from cifar_cli.settings import TrainSettings
 
 SETTINGS = TrainSettings(epochs=3, batch_size=16, lr=0.05, seed=2)
@@ -223,3 +224,19 @@ def test_a_run_with_a_weight_average_resumes_to_the_same_run(splits: tuple, tmp_
     # The average is a different set of weights from the training ones, and it is what was evaluated.
     assert not torch.equal(whole.raw_state["head.2.weight"], whole.model_state["head.2.weight"])
     assert whole.metrics["test_acc"] == _history(tmp_path / "whole")[-1]["test_acc"]
+
+
+def test_the_device_augmentation_path_resumes_mid_epoch_to_the_same_run(splits: tuple, reference: Path,
+                                                                        tmp_path: Path) -> None:
+    """The GPU-resident path (here on the CPU) draws every batch from (seed, epoch, batch) like the loader."""
+    on_device = Runtime(augment_on="device")
+    whole = train(SETTINGS, *splits, tmp_path / "whole", CPU, runtime=on_device)
+    with pytest.raises(TrainingInterrupted):
+        train(SETTINGS, *splits, tmp_path / "cut", CPU, runtime=on_device,
+              observer=_SignalAt(signal.SIGTERM, epoch=2, step=10))
+    train(SETTINGS, *splits, tmp_path / "cut", CPU, runtime=on_device,
+          resume=load_checkpoint(tmp_path / "cut" / "last.safetensors"))
+    _assert_same_run(tmp_path / "cut", tmp_path / "whole")
+    assert _history(tmp_path / "whole") != _history(reference)  # other random draws: it really ran
+    assert whole.history[-1].test_acc > 0.5  # and it learns (10 classes: chance is 0.1)
+    assert json.loads((tmp_path / "whole" / "settings.json").read_text())["augment_on"] == "device"
