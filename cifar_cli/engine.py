@@ -329,6 +329,7 @@ class Trainer:
     device: torch.device
     dist: Distributed
     amp_dtype: torch.dtype | None
+    compiled: bool = False  # ddp_model is torch.compile'd
 
     @property
     def steps_per_epoch(self) -> int:
@@ -376,7 +377,8 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     if runtime.compile:
         ddp_model = torch.compile(ddp_model)
     return Trainer(settings, spec, model, ddp_model, average.model if average else model, average, optimizer,
-                   scheduler, scaler, plan, _batches(train_split, plan, device, runtime, dist), device, dist, amp_dtype)
+                   scheduler, scaler, plan, _batches(train_split, plan, device, runtime, dist), device, dist, amp_dtype,
+                   runtime.compile)
 
 
 def warmup_fraction(total_steps: int) -> float:
@@ -418,6 +420,11 @@ def train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, epoch: in
     """One optimizer step on one batch; returns the loss, the logits and the labels, on the device."""
     torch.manual_seed(derive_seed(t.settings.seed, epoch, t.dist.rank, step, DROPOUT_STREAM))
     x, y = to_device(images, t.device), labels.to(t.device, non_blocking=True)
+    if t.compiled:
+        # Compiled: the batch size is a variable, so an epoch's smaller last batch reuses the graph instead
+        # of compiling a second one. Only this dimension: compile(dynamic=True) would give the batch and a
+        # 32-pixel side one symbol when the batch is 32, and a tail batch would break that equality.
+        torch._dynamo.mark_dynamic(x, 0)
     with autocast(t.device, t.amp_dtype):
         logits = t.ddp_model(x).float()
     loss = F.cross_entropy(logits, y, label_smoothing=t.settings.label_smoothing)
