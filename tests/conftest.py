@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cifar_cli.cli import app
-from cifar_cli.data import CLASSES, FOLDER
+from cifar_cli.data import CLASSES, FOLDER, load_split
 
 # The real CIFAR-10 (all of it) where the workplace keeps it beside the checkout; None elsewhere.
 _SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -153,3 +154,24 @@ class Net(nn.Module):
 
 
 TURN_NON_FINITE = 'out = out * float("nan")'
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_data: Path) -> tuple:
+    return load_split(tiny_data, train=True), load_split(tiny_data, train=False)
+
+
+class SignalAt:
+    """A train observer that sends this process a signal while epoch `epoch` is at step `step` (mid-epoch)."""
+
+    def __init__(self, signum: int, epoch: int, step: int):
+        self.signum, self.at, self.epoch = signum, (epoch, step), 0
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        self.epoch = epoch
+
+    def step(self, step: int, loss: float, acc: float) -> None:
+        if (self.epoch, step) == self.at:
+            os.kill(os.getpid(), self.signum)
+
+    def epoch_end(self, record: object) -> None: ...

@@ -10,16 +10,14 @@ run is compared with the uninterrupted one by what it trained on and how well, n
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli
+from conftest import SignalAt, cli
 
 from cifar_cli.checkpoint import load_checkpoint
-from cifar_cli.data import load_split
 from cifar_cli.engine import TrainingInterrupted, train
 from cifar_cli.runtime import Runtime, autocast_dtype
 from cifar_cli.settings import TrainSettings
@@ -29,29 +27,10 @@ SETTINGS = TrainSettings(epochs=3, batch_size=16, lr=0.05, seed=2)
 
 
 @pytest.fixture(scope="module")
-def splits(tiny_data: Path) -> tuple:
-    return load_split(tiny_data, train=True), load_split(tiny_data, train=False)
-
-
-@pytest.fixture(scope="module")
 def gpu_run(splits: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gpu")
     train(SETTINGS, *splits, out, torch.device("cuda"))
     return out
-
-
-class _StopAt:
-    def __init__(self, epoch: int, step: int):
-        self.at, self.epoch = (epoch, step), 0
-
-    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        self.epoch = epoch
-
-    def step(self, step: int, loss: float, acc: float) -> None:
-        if (self.epoch, step) == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    def epoch_end(self, record: object) -> None: ...
 
 
 def test_a_gpu_run_trains_on_device_augmented_data_in_the_cards_dtype(gpu_run: Path) -> None:
@@ -65,7 +44,7 @@ def test_a_gpu_run_trains_on_device_augmented_data_in_the_cards_dtype(gpu_run: P
 
 def test_a_gpu_run_stopped_mid_epoch_resumes_where_it_stopped(splits: tuple, gpu_run: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingInterrupted):
-        train(SETTINGS, *splits, tmp_path, torch.device("cuda"), observer=_StopAt(epoch=2, step=10))
+        train(SETTINGS, *splits, tmp_path, torch.device("cuda"), observer=SignalAt(signal.SIGINT, epoch=2, step=10))
     assert load_checkpoint(tmp_path / "last.safetensors").train_state["position"]["batches"] == 11
     resumed = train(SETTINGS, *splits, tmp_path, torch.device("cuda"),
                     resume=load_checkpoint(tmp_path / "last.safetensors"))

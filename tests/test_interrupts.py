@@ -15,10 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TURN_NON_FINITE, assert_clean_error, cli, history_without_times, network_with_event, write_network
+from conftest import (
+    TURN_NON_FINITE,
+    SignalAt,
+    assert_clean_error,
+    cli,
+    history_without_times,
+    network_with_event,
+    write_network,
+)
 
 from cifar_cli.checkpoint import load_checkpoint
-from cifar_cli.data import AugmentedBatches, EpochBatches, load_split
+from cifar_cli.data import AugmentedBatches, EpochBatches
 from cifar_cli.engine import TrainingInterrupted, train
 from cifar_cli.errors import CifarError
 from cifar_cli.models import resolve_model
@@ -43,11 +51,6 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def splits(tiny_data: Path) -> tuple:
-    return load_split(tiny_data, train=True), load_split(tiny_data, train=False)
-
-
-@pytest.fixture(scope="module")
 def reference(splits: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run every interrupted one must end up equal to."""
     out = tmp_path_factory.mktemp("reference")
@@ -55,27 +58,11 @@ def reference(splits: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-class _SignalAt:
-    """Sends this process a signal while epoch `epoch` is at step `step` (mid-epoch)."""
-
-    def __init__(self, signum: int, epoch: int, step: int):
-        self.signum, self.at, self.epoch = signum, (epoch, step), 0
-
-    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        self.epoch = epoch
-
-    def step(self, step: int, loss: float, acc: float) -> None:
-        if (self.epoch, step) == self.at:
-            os.kill(os.getpid(), self.signum)
-
-    def epoch_end(self, record: object) -> None: ...
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_epoch_saves_and_resumes_to_the_same_run(signum: int, splits: tuple, reference: Path,
                                                              tmp_path: Path) -> None:
     with pytest.raises(TrainingInterrupted) as stopped:
-        train(SETTINGS, *splits, tmp_path, CPU, observer=_SignalAt(signum, epoch=2, step=10))
+        train(SETTINGS, *splits, tmp_path, CPU, observer=SignalAt(signum, epoch=2, step=10))
     assert (stopped.value.signum, stopped.value.epoch, stopped.value.step) == (signum, 2, 11)
     state = load_checkpoint(tmp_path / "last.safetensors").train_state
     assert state["position"]["epoch"] == 2 and state["position"]["batches"] == 11
@@ -214,7 +201,7 @@ def test_a_run_with_a_weight_average_resumes_to_the_same_run(splits: tuple, tmp_
     settings = TrainSettings(epochs=2, batch_size=16, lr=0.05, seed=2, ema=0.9)
     train(settings, *splits, tmp_path / "whole", CPU)
     with pytest.raises(TrainingInterrupted):
-        train(settings, *splits, tmp_path / "cut", CPU, observer=_SignalAt(signal.SIGINT, epoch=2, step=10))
+        train(settings, *splits, tmp_path / "cut", CPU, observer=SignalAt(signal.SIGINT, epoch=2, step=10))
     resumed = train(settings, *splits, tmp_path / "cut", CPU,
                     resume=load_checkpoint(tmp_path / "cut" / "last.safetensors"))
     assert resumed.history[-1].epoch == 2
@@ -233,7 +220,7 @@ def test_the_device_augmentation_path_resumes_mid_epoch_to_the_same_run(splits: 
     whole = train(SETTINGS, *splits, tmp_path / "whole", CPU, runtime=on_device)
     with pytest.raises(TrainingInterrupted):
         train(SETTINGS, *splits, tmp_path / "cut", CPU, runtime=on_device,
-              observer=_SignalAt(signal.SIGTERM, epoch=2, step=10))
+              observer=SignalAt(signal.SIGTERM, epoch=2, step=10))
     train(SETTINGS, *splits, tmp_path / "cut", CPU, runtime=on_device,
           resume=load_checkpoint(tmp_path / "cut" / "last.safetensors"))
     _assert_same_run(tmp_path / "cut", tmp_path / "whole")
