@@ -291,6 +291,10 @@ def train(
     val_split: _setting_option("val_split", "--val-split", "Hold out this many training images (the same ones for "
                                "every seed) and pick the best epoch by them: tune on these, keep the test set for "
                                "the final figure.") = None,
+    weight_decay: _setting_option("weight_decay", "--weight-decay", "L2 weight decay of the convolution and "
+                                  "linear weights (not BatchNorm or biases).", float) = None,
+    label_smoothing: _setting_option("label_smoothing", "--label-smoothing", "Label smoothing of the training "
+                                     "loss (0: off).", float) = None,
     ema: _setting_option("ema", "--ema", "Evaluate and save an exponential moving average of the weights with "
                          "this per-step decay, e.g. 0.999 (0: off).", float) = None,
     tta: TTA = None,
@@ -334,7 +338,8 @@ def train(
     resume, data_dir = _expand(resume), _expand(data_dir)
     checkpoint = load_checkpoint(resume) if resume else None
     settings = (settings_of(checkpoint) if checkpoint else DEFAULTS).with_options(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, ema=ema, tta=tta)
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, weight_decay=weight_decay,
+        label_smoothing=label_smoothing, ema=ema, tta=tta)
     settings.validate()
     spec = _given_model(model, checkpoint)
     torch_device = resolve_device(DeviceName(device).value)

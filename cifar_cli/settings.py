@@ -45,6 +45,10 @@ class TrainSettings:
         if self.val_split < 0 or (train_size is not None and self.val_split >= train_size):
             bound = f" and below the {train_size:,} training images" if train_size is not None else ""
             raise CifarError(f"--val-split must be >= 0{bound}, not {self.val_split}")
+        if not 0 <= self.weight_decay <= 1:  # also refuses nan
+            raise CifarError(f"--weight-decay must be between 0 and 1, not {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise CifarError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         if not 0 <= self.ema < 1:
             raise CifarError(f"--ema must be a decay in [0, 1) (0 turns it off), not {self.ema}")
 

@@ -122,7 +122,8 @@ def test_class_names_from_a_checkpoint_cannot_drive_the_terminal(trained_run: Pa
 
 def test_help_shows_every_default_from_the_settings() -> None:
     text = " ".join(cli("train", "--help").stdout.replace("│", " ").split())
-    for option, name in [("Epochs to train.", "epochs"), ("one-cycle schedule.", "lr"), ("(0: off).", "ema")]:
+    for option, name in [("Epochs to train.", "epochs"), ("one-cycle schedule.", "lr"), ("e.g. 0.999 (0: off).", "ema"),
+                         ("BatchNorm or biases).", "weight_decay"), ("training loss (0: off).", "label_smoothing")]:
         assert f"{option} [default: ({getattr(DEFAULTS, name)})]" in text
 
 
@@ -163,12 +164,14 @@ _floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0,
 
 @_ACCEPTED
 @given(epochs=st.integers(-3, 2), batch=st.integers(-2, 400) | st.just(2**62), lr=_floats,
-       seed=st.integers(-3, 2**70), val_split=st.integers(-3, 400), ema=_floats)
+       seed=st.integers(-3, 2**70), val_split=st.integers(-3, 400), ema=_floats, decay=_floats, smoothing=_floats)
 def test_no_value_the_parser_accepts_gives_a_traceback(tiny_data: Path, tmp_path: Path, epochs: int, batch: int,
-                                                       lr: float, seed: int, val_split: int, ema: float) -> None:
+                                                       lr: float, seed: int, val_split: int, ema: float, decay: float,
+                                                       smoothing: float) -> None:
     out = tmp_path / f"fuzz-{next(_RUNS)}"  # a fresh folder each call: a run's files must not decide the next
     result = cli("train", "--epochs", epochs, "--batch-size", batch, "--lr", lr, "--seed", seed, "--val-split",
-                 val_split, "--ema", ema, "--data-dir", tiny_data, "--out", out, "--device", "cpu")
+                 val_split, "--ema", ema, "--weight-decay", decay, "--label-smoothing", smoothing,
+                 "--data-dir", tiny_data, "--out", out, "--device", "cpu")
     assert result.exception is None, repr(result.exception)
     assert result.exit_code in (0, 2) and "Traceback" not in result.stdout + result.stderr
     if result.exit_code == 2:

@@ -114,6 +114,8 @@ def test_bad_train_options_fail_cleanly(tiny_data: Path, tmp_path: Path) -> None
     assert_clean_error(cli("train", "--epochs", "0", "--data-dir", tiny_data), "--epochs must be at least 1")
     assert_clean_error(cli("train", "--epochs", "-3", "--data-dir", tiny_data), "--epochs")
     assert_clean_error(cli("train", "--lr", "0", "--data-dir", tiny_data), "--lr")
+    assert_clean_error(cli("train", "--label-smoothing", "1", "--data-dir", tiny_data), "--label-smoothing")
+    assert_clean_error(cli("train", "--weight-decay", "-0.1", "--data-dir", tiny_data), "--weight-decay")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert_clean_error(cli("train", "--epochs", "1", "--data-dir", tiny_data, "--out", blocker / "run"),
