@@ -21,6 +21,7 @@ on every device and a resumed run repeats it exactly; the pixels are then worked
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -105,6 +106,13 @@ def augment(images: torch.Tensor, seed: int) -> torch.Tensor:
     return apply(images, draw(len(images), seed, images.shape[-1]).to(images.device))
 
 
+@functools.lru_cache(maxsize=16)
+def _constant(values: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Made once per device, like augment's normalisation constants: a fresh tensor every batch would be a
+    host-to-GPU copy on the training step's path."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def _inverse(matrix: torch.Tensor) -> torch.Tensor:
     """The destination-to-source matrices, inverted in double as cv2.warpAffine does."""
     m = matrix.double()
@@ -129,7 +137,7 @@ def warp_affine(images: torch.Tensor, matrix: torch.Tensor, fill: tuple[int, ...
     fx, fy = (sx - x0).unsqueeze(1), (sy - y0).unsqueeze(1)
     x0, y0 = x0.long(), y0.long()
     flat = images.reshape(n, c, h * w)
-    border = torch.tensor(fill, device=images.device, dtype=torch.float32).view(1, c, 1, 1)
+    border = _constant(fill, torch.float32, images.device).view(1, c, 1, 1)
 
     def pixel(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         inside = ((xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)).unsqueeze(1)
@@ -150,7 +158,7 @@ def cut_hole(images: torch.Tensor, chosen: torch.Tensor, corner: torch.Tensor, f
     ys = torch.arange(h, device=images.device).view(1, h, 1)
     x, y = corner[:, 0].view(n, 1, 1), corner[:, 1].view(n, 1, 1)
     inside = (xs >= x) & (xs < x + HOLE_SIZE) & (ys >= y) & (ys < y + HOLE_SIZE) & chosen.view(n, 1, 1)
-    value = torch.tensor(fill, dtype=torch.uint8, device=images.device).view(1, c, 1, 1)
+    value = _constant(fill, torch.uint8, images.device).view(1, c, 1, 1)
     return torch.where(inside.unsqueeze(1), value, images)
 
 
