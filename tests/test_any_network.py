@@ -213,3 +213,14 @@ def test_s9_reference_trains_and_evaluates_from_the_file_alone(tiny_data: Path, 
                       ["test_acc"])
     assert_clean_error(cli("eval", tmp_path / "best.safetensors", "--model", "cifarnet-ds", "--data-dir", tiny_data),
                        "holds s9-reference, not cifarnet-ds")
+
+
+CANDIDATES = Path(__file__).parent.parent / "benchmarks" / "candidates.py"
+
+
+@pytest.mark.parametrize("name", ["wide48", "post_activation", "lean_deep", "deep_c3"])
+def test_the_experiments_candidate_networks_keep_every_rule(name: str) -> None:
+    # results/experiments.md compares these networks with the default: the comparison is only fair to
+    # a student if each of them would be accepted by the assignment too.
+    summary = json.loads(cli("summary", "--model", f"{CANDIDATES}:{name}", "--json").stdout)
+    assert summary["passed"] and summary["parameters"] < 200_000, summary["rules"]

@@ -1,0 +1,81 @@
+"""The candidate networks of results/experiments.md, each usable as `cifar train --model benchmarks/candidates.py:NAME`.
+
+Every one keeps the assignment's rules (`cifar summary --model benchmarks/candidates.py:NAME` passes them
+all) and differs from the default cifarnet-ds in one idea, named by its function:
+
+- `wide48`: widths (48, 96, 128, 160): more channels in the expensive 32x32 and 16x16 blocks.
+- `post_activation`: each residual branch ends in BatchNorm with its scale at zero and the ReLU comes after
+  the sum, so every block starts as the identity (the "zero-init" idea done so it can learn).
+- `lean_deep`: no residual pair at 32x32 (C1 is one convolution); the time saved buys a second residual
+  pair at 16x16 and at 8x8, with post-activation blocks, widths (32, 64, 128, 160).
+- `deep_c3`: a second dilated residual pair at 8x8, paid for by a narrower C4 (160): widths
+  (32, 64, 128, 160).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cifar_cli.models.config import NetConfig
+from cifar_cli.models.layers import ConvBNReLU, Residual, SeparableConvBNReLU
+from cifar_cli.models.net import CifarNet
+
+
+def _separable(cin: int, cout: int, dilation: int = 1, relu: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False),
+              nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class PostActivationResidual(nn.Module):
+    """ReLU(x + BN(sep(ReLU(BN(sep(x)))))), the last BatchNorm's scale at zero: the block starts as identity."""
+
+    def __init__(self, width: int, dilation: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(_separable(width, width, dilation), _separable(width, width, dilation, relu=False))
+        nn.init.zeros_(self.body[-1][2].weight)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
+class Candidate(nn.Module):
+    """cifarnet-ds's layout with `pairs[i]` residual pairs in block i, plain or post-activation."""
+
+    def __init__(self, widths: tuple[int, int, int, int], pairs: tuple[int, int, int, int], post: bool):
+        super().__init__()
+        w1, w2, w3, w4 = widths
+
+        def residuals(width: int, count: int, dilation: int = 1) -> list[nn.Module]:
+            if post:
+                return [PostActivationResidual(width, dilation) for _ in range(count)]
+            return [Residual(SeparableConvBNReLU(width, width, dilation=dilation),
+                             SeparableConvBNReLU(width, width, dilation=dilation)) for _ in range(count)]
+
+        self.c1 = nn.Sequential(ConvBNReLU(3, w1), *residuals(w1, pairs[0]))
+        self.c2 = nn.Sequential(ConvBNReLU(w1, w2, stride=2), *residuals(w2, pairs[1]))
+        self.c3 = nn.Sequential(SeparableConvBNReLU(w2, w3, stride=2), *residuals(w3, pairs[2], dilation=2))
+        self.c4 = nn.Sequential(SeparableConvBNReLU(w3, w4, stride=2), *residuals(w4, pairs[3]))
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.05), nn.Linear(w4, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gap(self.c4(self.c3(self.c2(self.c1(x))))))
+
+
+def wide48() -> CifarNet:
+    return CifarNet(NetConfig(widths=(48, 96, 128, 160)))
+
+
+def post_activation() -> Candidate:
+    return Candidate((32, 64, 128, 192), (1, 1, 1, 1), post=True)
+
+
+def lean_deep() -> Candidate:
+    return Candidate((32, 64, 128, 160), (0, 2, 2, 1), post=True)
+
+
+def deep_c3() -> Candidate:
+    return Candidate((32, 64, 128, 160), (1, 1, 2, 1), post=False)
