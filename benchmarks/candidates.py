@@ -17,15 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cifar_cli.models.config import NetConfig
+from cifar_cli.models.config import NUM_CLASSES, NetConfig
 from cifar_cli.models.layers import ConvBNReLU, Residual, SeparableConvBNReLU
 from cifar_cli.models.net import CifarNet
-
-
-def _separable(cin: int, cout: int, dilation: int = 1, relu: bool = True) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False),
-              nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout)]
-    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 
 class PostActivationResidual(nn.Module):
@@ -33,8 +27,10 @@ class PostActivationResidual(nn.Module):
 
     def __init__(self, width: int, dilation: int = 1):
         super().__init__()
-        self.body = nn.Sequential(_separable(width, width, dilation), _separable(width, width, dilation, relu=False))
-        nn.init.zeros_(self.body[-1][2].weight)
+        first = SeparableConvBNReLU(width, width, dilation=dilation)
+        last = nn.Sequential(*list(SeparableConvBNReLU(width, width, dilation=dilation))[:-1])  # ReLU: after the sum
+        self.body = nn.Sequential(first, last)
+        nn.init.zeros_(last[2].weight)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +55,7 @@ class Candidate(nn.Module):
         self.c3 = nn.Sequential(SeparableConvBNReLU(w2, w3, stride=2), *residuals(w3, pairs[2], dilation=2))
         self.c4 = nn.Sequential(SeparableConvBNReLU(w3, w4, stride=2), *residuals(w4, pairs[3]))
         self.gap = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.05), nn.Linear(w4, 10))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(NetConfig.dropout), nn.Linear(w4, NUM_CLASSES))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.gap(self.c4(self.c3(self.c2(self.c1(x))))))
