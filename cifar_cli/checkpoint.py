@@ -28,7 +28,7 @@ from cifar_cli import __version__
 from cifar_cli.data import CLASSES, MEAN, STD
 from cifar_cli.errors import CifarError
 from cifar_cli.files import read_input, write_atomic
-from cifar_cli.models import DEFAULT_MODEL, ModelSpec, create_model, preset_spec
+from cifar_cli.models import LEGACY_MODEL, ModelSpec, create_model, preset_spec
 
 FORMAT = "cifar-cli/1"
 MAX_CHECKPOINT_BYTES = 2**31  # a network under our rules is under 1 MB; 2 GiB leaves room for anyone's
@@ -136,10 +136,10 @@ def _model_spec(metadata: dict[str, str], path: Path) -> ModelSpec:
         if "model" in metadata or "model_config" not in metadata:
             return ModelSpec.from_dict(_json_field(metadata, "model", path))
         legacy = _json_field(metadata, "model_config", path)
-        if not isinstance(legacy, dict) or legacy.get("arch", DEFAULT_MODEL) != DEFAULT_MODEL:
+        if not isinstance(legacy, dict) or legacy.get("arch", LEGACY_MODEL) != LEGACY_MODEL:
             raise ValueError(f"architecture {legacy.get('arch') if isinstance(legacy, dict) else legacy!r} "
-                             f"is not {DEFAULT_MODEL!r}")
-        return ModelSpec.from_dict({"name": DEFAULT_MODEL, "config": {k: v for k, v in legacy.items() if k != "arch"}})
+                             f"is not {LEGACY_MODEL!r}")
+        return ModelSpec.from_dict({"name": LEGACY_MODEL, "config": {k: v for k, v in legacy.items() if k != "arch"}})
     except ValueError as e:
         raise CifarError(f"{path} is for another architecture: {e}") from None
 

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cifar_cli import __version__
 from cifar_cli.errors import CifarError
-from cifar_cli.settings import AUGMENT_PLACES, DEFAULTS, DEVICES
+from cifar_cli.settings import AUGMENT_PLACES, DEFAULT_MODEL, DEFAULTS, DEVICES
 
 if TYPE_CHECKING:  # the commands import the heavy modules (torch) only when they run
     import torch
@@ -65,7 +65,7 @@ Workers = Annotated[int | None, typer.Option(
     "--workers", min=0, show_default="0 on the CPU, which the training uses; up to 8 per GPU",
     help="Data loader worker processes; changes speed, not results.")]
 ModelOption = Annotated[str | None, typer.Option(
-    "--model", "-m", show_default="cifarnet-ds",
+    "--model", "-m", show_default=DEFAULT_MODEL,
     help="The network: a preset (cifar models lists them) or your own, as FILE.py:NAME or package.module:NAME "
     "(a class or function returning an nn.Module).")]
 PngOut = Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)]

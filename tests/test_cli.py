@@ -13,19 +13,20 @@ from conftest import assert_clean_error, cli, write_network
 from PIL import Image
 
 from cifar_cli import __version__
-from cifar_cli.models import CifarNet, NetConfig
+from cifar_cli.models import DEFAULT_MODEL, PRESETS
 from cifar_cli.receptive_field import total_receptive_field
 from cifar_cli.rules import count_parameters
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "cifar"
+DEFAULT = PRESETS[DEFAULT_MODEL]
 
 
 def test_summary_shows_layers_and_passing_rules() -> None:
     result = cli("summary")
     assert result.exit_code == 0, result.stderr
-    params = count_parameters(CifarNet(NetConfig()))
+    params = count_parameters(DEFAULT.create())
     assert f"Total params: {params:,}" in result.stdout
-    assert "Conv2d" in result.stdout and "[1, 192, 4, 4]" in result.stdout
+    assert "Conv2d" in result.stdout and f"[1, {DEFAULT.default_config.widths[-1]}, 4, 4]" in result.stdout
     for rule in ("no max-pooling", "depthwise-separable", "dilated", "receptive field > 44", "BatchNorm"):
         assert rule in result.stdout
     assert "All rules pass." in result.stdout and "FAIL" not in result.stdout
@@ -35,11 +36,11 @@ def test_summary_json() -> None:
     result = cli("summary", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert data["passed"] and data["parameters"] == count_parameters(CifarNet(NetConfig())) < 200_000
+    assert data["passed"] and data["parameters"] == count_parameters(DEFAULT.create()) < 200_000
     assert {r["name"] for r in data["rules"] if r["passed"]} == {r["name"] for r in data["rules"]}
     convs = [layer for layer in data["layers"] if layer["type"] == "Conv2d"]
     assert sum(layer["params"] for layer in data["layers"]) == data["parameters"]
-    assert convs[0]["output_shape"] == [1, 32, 32, 32] and convs[0]["kernel"] == [3, 3]
+    assert convs[0]["output_shape"] == [1, DEFAULT.default_config.widths[0], 32, 32] and convs[0]["kernel"] == [3, 3]
 
 
 def test_summary_exits_non_zero_when_a_rule_fails(tmp_path: Path) -> None:
@@ -57,7 +58,7 @@ def Net():
 
 
 def test_receptive_field_table_and_json() -> None:
-    total = total_receptive_field(CifarNet(NetConfig()))
+    total = total_receptive_field(DEFAULT.create())
     result = cli("receptive-field")
     assert result.exit_code == 0
     assert f"Total receptive field: {total} pixels" in result.stdout

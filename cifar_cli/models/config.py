@@ -20,7 +20,7 @@ NUM_CLASSES = len(CLASSES)  # one logit per class, for every network
 
 @dataclass(frozen=True)
 class NetConfig:
-    """cifarnet-ds: the widths of blocks C1..C4, the classes, and the dropout before the classifier."""
+    """cifarnet-ds and cifarnet-ds48: the widths of blocks C1..C4, the classes, the dropout before the classifier."""
 
     widths: tuple[int, int, int, int] = (32, 64, 128, 192)
     num_classes: int = NUM_CLASSES

@@ -7,10 +7,15 @@ from cifar_cli.models.net import CifarNet
 from cifar_cli.models.registry import register_model
 from cifar_cli.models.s9 import S9Reference
 
-DEFAULT_MODEL = "cifarnet-ds"
+LEGACY_MODEL = "cifarnet-ds"  # the only network cifar-cli 0.1 could train; its checkpoints name no preset
 
 
-@register_model("cifarnet-ds", "residual depthwise-separable C1-C4, strided and dilated; the default")
+@register_model("cifarnet-ds48", "cifarnet-ds widened to 48 channels at 32x32 (48, 96, 128, 160); the default")
+def cifarnet_ds48(config: NetConfig = NetConfig(widths=(48, 96, 128, 160))) -> CifarNet:  # noqa: B008 - frozen
+    return CifarNet(config)
+
+
+@register_model("cifarnet-ds", "residual depthwise-separable C1-C4, strided and dilated; the first default")
 def cifarnet_ds(config: NetConfig = NetConfig()) -> CifarNet:  # noqa: B008 - frozen, never mutated
     return CifarNet(config)
 

@@ -22,8 +22,8 @@ from torch import nn
 
 from cifar_cli.errors import CifarError
 from cifar_cli.models.config import NUM_CLASSES
-from cifar_cli.models.presets import DEFAULT_MODEL
 from cifar_cli.models.registry import PRESETS, config_dict
+from cifar_cli.settings import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
