@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from cifar_cli.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from cifar_cli.data import CLASSES, MEAN, STD
 from cifar_cli.errors import CifarError
-from cifar_cli.models import create_model, preset_spec
+from cifar_cli.models import ModelSpec, create_model, preset_spec
 
 
 @pytest.fixture
@@ -51,6 +51,34 @@ def test_every_header_length_loads(saved: tuple[Path, torch.nn.Module]) -> None:
         first_bytes.add(path.read_bytes()[0])
         assert load_checkpoint(path).metrics["pad"] == "x" * pad
     assert 0x80 in first_bytes
+
+
+@pytest.mark.parametrize("record", [
+    {"model": {"name": "cifarnet-ds", "config": {"widths": [32, 64, 128, 192], "num_classes": 10, "dropout": 0.05}}},
+    {"model": {"name": "cifarnet-ds"}},  # settings left out: the preset's own
+    {"model_config": {"arch": "cifarnet-ds", "widths": [32, 64, 128, 192]}},  # how cifar-cli 0.1 wrote it
+])
+def test_checkpoints_of_the_first_default_network_still_load(tmp_path: Path, record: dict) -> None:
+    """cifarnet-ds48 replaced cifarnet-ds as the default; files holding cifarnet-ds must not change meaning."""
+    torch.manual_seed(0)
+    old = create_model(preset_spec("cifarnet-ds")).eval()
+    path = tmp_path / "old.safetensors"
+    save_checkpoint(path, Checkpoint(preset_spec("cifarnet-ds"), old.state_dict()))
+    metadata = {k: v for k, v in _metadata(path).items() if k != "model"} | {
+        key: json.dumps(value) for key, value in record.items()}
+    save_file({f"model.{k}": v for k, v in old.state_dict().items()}, path, metadata=metadata)
+
+    loaded = load_checkpoint(path)
+    assert loaded.model == preset_spec("cifarnet-ds") != preset_spec()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model_from_checkpoint(loaded).eval()(x), old(x))
+
+
+def test_a_preset_fills_settings_a_file_leaves_out_from_its_own(tmp_path: Path) -> None:
+    """Two presets share NetConfig; a file naming cifarnet-ds48 with no widths is still 48 wide."""
+    spec = ModelSpec.from_dict({"name": "cifarnet-ds48", "config": {"dropout": 0.05}})
+    assert spec == preset_spec("cifarnet-ds48") and spec.config["widths"] == [48, 96, 128, 160]
 
 
 def test_write_is_atomic(saved: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -69,11 +69,15 @@ def _kind_matches(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def config_from_dict(cls: type[Config], data: Any) -> Config:
-    """Rebuild a config from its JSON form; raises ValueError naming what it cannot represent."""
+def config_from_dict(base: Config, data: Any) -> Config:
+    """Rebuild a config from its JSON form; raises ValueError naming what it cannot represent.
+
+    Fields the JSON leaves out come from `base`, the preset's own settings, not the class defaults: two
+    presets may share a config class (cifarnet-ds and cifarnet-ds48 differ only in their widths).
+    """
     if not isinstance(data, dict):
         raise ValueError("model config is not an object")
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    defaults = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
     if unknown := sorted(set(data) - set(defaults)):
         raise ValueError(f"unknown model config fields: {', '.join(map(str, unknown))}")
     values = {}
@@ -82,4 +86,4 @@ def config_from_dict(cls: type[Config], data: Any) -> Config:
         if not _kind_matches(value, default):
             raise ValueError(f"{name} must be like {default!r}, not {value!r}")
         values[name] = tuple(value) if isinstance(default, tuple) else type(default)(value)
-    return cls(**values)
+    return type(base)(**values)

@@ -27,7 +27,7 @@ class Preset:
 
     def config(self, data: dict[str, Any] | None = None) -> Any:
         """The preset's settings from their JSON form (the defaults for None); ValueError if invalid."""
-        return self.default_config if data is None else config_from_dict(type(self.default_config), data)
+        return self.default_config if data is None else config_from_dict(self.default_config, data)
 
     def create(self, data: dict[str, Any] | None = None) -> nn.Module:
         return self.factory(self.config(data))
