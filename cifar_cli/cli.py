@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cifar_cli import __version__
 from cifar_cli.errors import CifarError
-from cifar_cli.settings import AUGMENT_PLACES, DEFAULT_MODEL, DEFAULTS, DEVICES
+from cifar_cli.settings import AUGMENT_PLACES, DEFAULT_MODEL, DEFAULTS, DEVICES, EVAL_BATCH_SIZE
 
 if TYPE_CHECKING:  # the commands import the heavy modules (torch) only when they run
     import torch
@@ -449,7 +449,8 @@ def eval_command(
     data_dir: DataDir = None,
     download: Download = False,
     device: Device = DeviceName.auto,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 1000,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="Images per forward pass; changes speed, not results.")] = EVAL_BATCH_SIZE,
     tta: TTA = None,
     model: ModelOption = None,
     as_json: Json = False,

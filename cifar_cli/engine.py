@@ -72,7 +72,7 @@ from cifar_cli.run_folder import (
     write_settings,
 )
 from cifar_cli.runtime import Distributed, Runtime, memory_format
-from cifar_cli.settings import TrainSettings
+from cifar_cli.settings import EVAL_BATCH_SIZE, TrainSettings
 
 # With fp16, the loss scaler skips a step whose gradients overflowed; the schedule still moves on, as it
 # must for resume to stay exact, and torch's warning about that order is noise here.
@@ -101,7 +101,7 @@ def _logits(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = 1000,
+def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = EVAL_BATCH_SIZE,
              classes: tuple[str, ...] = CLASSES, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD,
              amp_dtype: torch.dtype | None = None, tta: bool = False) -> EvalResult:
     """Loss, accuracy and confusion matrix; with `tta`, logits are averaged over each image and its mirror."""
@@ -125,7 +125,7 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, mean: tuple[float, ...] = MEAN,
-            std: tuple[float, ...] = STD, tta: bool = False, batch_size: int = 1000) -> torch.Tensor:
+            std: tuple[float, ...] = STD, tta: bool = False, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
     """Class probabilities (N x classes) for uint8 N x H x W x 3 RGB images."""
     model.eval()
     parts = []

@@ -64,6 +64,14 @@ def test_flip_tta_treats_an_image_and_its_mirror_alike(trained_run: Path, tiny_d
     assert evaluate(model, test, CPU, tta=True).accuracy == pytest.approx(accuracy)
 
 
+def test_eval_batch_size_changes_speed_not_results(trained_run: Path, tiny_data: Path) -> None:
+    """--batch-size's help promises it: the same checkpoint scores the same in batches of 7 and of the default."""
+    runs = [json.loads(cli("eval", trained_run / "best.safetensors", "--data-dir", tiny_data, "--device", "cpu",
+                           "--json", *size).stdout) for size in ((), ("--batch-size", "7"))]
+    assert runs[0]["accuracy"] == runs[1]["accuracy"] and runs[0]["confusion"] == runs[1]["confusion"]
+    assert runs[0]["loss"] == pytest.approx(runs[1]["loss"], rel=1e-5)
+
+
 def test_predict_reads_image_files_like_the_dataset(trained_run: Path, tiny_data: Path, tmp_path: Path) -> None:
     test = load_split(tiny_data, train=False)
     files = []
