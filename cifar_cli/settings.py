@@ -18,7 +18,7 @@ MAX_LR = 1e6  # a learning rate beyond this is a typo, and past 3e38 it overflow
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch.manual_seed both take it
 # Images per forward pass when evaluating or predicting. Not 1000: on the CPU that is 1.5x as slow (the test
 # set with flip TTA, 2 threads: 21.3 s against 14.6 s), since each 32x32 activation of a batch of 1000 is
-# ~200 MB of freshly page-faulted memory (9.7M faults against 4.5M); a GPU barely notices. Results do not
+# ~200 MB of freshly page-faulted memory (9.7M faults against 4.5M). Not measured on a GPU. Results do not
 # depend on it.
 EVAL_BATCH_SIZE = 256
 
