@@ -647,14 +647,16 @@ def _cam_inputs(images: list[Path] | None, from_mistakes: int | None, target: Ca
         if target is CamTarget.true:
             raise CifarError("--target true needs the true class: use --mistakes (picture files have none)")
         pixels, labels, names = np.stack([load_image(p) for p in images]), None, [p.name for p in images]
-    probs = class_probabilities(network, pixels, device, ckpt.mean, ckpt.std)
+    # as `cifar predict` and `cifar mistakes` see them (flip TTA by default), so titles agree across commands
+    probs = class_probabilities(network, pixels, device, ckpt.mean, ckpt.std, tta=DEFAULTS.tta)
     predicted = probs.argmax(1).tolist()
     targets = labels if target is CamTarget.true else predicted
     rows, titles = [], []
     for i, name in enumerate(names):
         guess = f"{ckpt.classes[predicted[i]]} {100 * float(probs[i, predicted[i]]):.0f}%"
         titles.append(f"{name}: {ckpt.classes[labels[i]]} -> {guess}" if labels else f"{name}: {guess}")
-        rows.append({"image": name, "predicted": ckpt.classes[predicted[i]], "explained": ckpt.classes[targets[i]],
+        rows.append({"image": name, "predicted": ckpt.classes[predicted[i]],
+                     "probability": float(probs[i, predicted[i]]), "explained": ckpt.classes[targets[i]],
                      **({"true": ckpt.classes[labels[i]]} if labels else {})})
     return pixels, titles, targets, rows
 

@@ -99,6 +99,11 @@ def test_gradcam_sheet_from_mistakes_and_from_files(weak_run: Path, tiny_data: P
     report = json.loads(result.stdout)
     assert report["layer"] == "c3.1.body.1.1" and report["layer_size"] == [8, 8]
     assert all(r["true"] == r["explained"] != r["predicted"] for r in report["images"])
+    # the same mistakes, named as `cifar mistakes` names them (both predict as `cifar predict` does, with TTA)
+    listed = json.loads(cli("mistakes", ckpt, "--data-dir", tiny_data, "--device", "cpu", "-n", "3", "--out",
+                            tmp_path / "m.png", "--json").stdout)["shown"]
+    assert [(m["true"], m["predicted"]) for m in listed] == [(r["true"], r["predicted"]) for r in report["images"]]
+    assert [m["probability"] for m in listed] == pytest.approx([r["probability"] for r in report["images"]])
     picture = tmp_path / "cat.png"
     Image.fromarray(load_split(tiny_data, train=False).images[0]).resize((96, 96)).save(picture)
     small = cli("gradcam", picture, "--checkpoint", ckpt, "--layer", "c4.1.body.1.1", "--device", "cpu",
