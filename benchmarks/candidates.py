@@ -1,7 +1,7 @@
 """The candidate networks of results/experiments.md, each usable as `cifar train --model benchmarks/candidates.py:NAME`.
 
 Every one keeps the assignment's rules (`cifar summary --model benchmarks/candidates.py:NAME` passes them
-all) and differs from the default cifarnet-ds in one idea, named by its function:
+all) and differs from cifarnet-ds, the default when they were measured, in one idea, named by its function:
 
 - `wide48`: widths (48, 96, 128, 160): more channels in the expensive 32x32 and 16x16 blocks. It won the
   40-epoch A/B and is now the default preset, `cifarnet-ds48`; the name stays so the commands recorded in

@@ -75,7 +75,7 @@ def test_checkpoints_of_the_first_default_network_still_load(tmp_path: Path, rec
         assert torch.equal(model_from_checkpoint(loaded).eval()(x), old(x))
 
 
-def test_a_preset_fills_settings_a_file_leaves_out_from_its_own(tmp_path: Path) -> None:
+def test_a_preset_fills_settings_a_file_leaves_out_from_its_own() -> None:
     """Two presets share NetConfig; a file naming cifarnet-ds48 with no widths is still 48 wide."""
     spec = ModelSpec.from_dict({"name": "cifarnet-ds48", "config": {"dropout": 0.05}})
     assert spec == preset_spec("cifarnet-ds48") and spec.config["widths"] == [48, 96, 128, 160]
