@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from enum import Enum
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -298,6 +299,10 @@ def train(
     ema: _setting_option("ema", "--ema", "Evaluate and save an exponential moving average of the weights with "
                          "this per-step decay, e.g. 0.999 (0: off).", float) = None,
     tta: TTA = None,
+    test: Annotated[bool, typer.Option(
+        "--test/--no-test", help="Evaluate the test set after each epoch. --no-test (with --val-split) leaves it "
+        "unread while you choose settings: held-out images alone judge the epochs, each epoch is quicker, and "
+        "the weights are the same.")] = True,
     model: ModelOption = None,
     device: Device = DeviceName.auto,
     data_dir: DataDir = None,
@@ -341,19 +346,22 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, weight_decay=weight_decay,
         label_smoothing=label_smoothing, ema=ema, tta=tta)
     settings.validate()
+    if not test and not settings.val_split:
+        raise CifarError("--no-test needs --val-split: without the test set, held-out images must judge the epochs")
     spec = _given_model(model, checkpoint)
     torch_device = resolve_device(DeviceName(device).value)
     dist = init_distributed(torch_device)
     out_dir = _expand(out_dir) or default_out_dir(resume)
     root = _data_dir(data_dir)
     train_split = load_split(root, train=True, download_missing=download)
-    test_split = load_split(root, train=False, download_missing=download)
+    test_split = load_split(root, train=False, download_missing=download) if test else None
     settings.validate(len(train_split))
 
     console = err if as_json else out
     if dist.main:
         name = (spec or (checkpoint.model if checkpoint else resolve_model(None))).describe()
-        console.print(_train_header(settings, name, torch_device, dist.world, len(train_split), len(test_split),
+        test_size = len(test_split) if test_split is not None else None
+        console.print(_train_header(settings, name, torch_device, dist.world, len(train_split), test_size,
                                     out_dir, resume), soft_wrap=True)
     runtime = Runtime(workers=workers, amp=amp, compile=compile_model, augment_on=AugmentPlace(augment_on).value)
     try:
@@ -370,7 +378,8 @@ def train(
                                 *(["--data-dir", str(data_dir)] if data_dir else []),
                                 *(["--model", model] if model and ":" in model else []),
                                 *(["--device", device_name] if device_name != "auto" else []),
-                                *(["--augment-on", runtime.augment_on] if runtime.augment_on != "auto" else [])])
+                                *(["--augment-on", runtime.augment_on] if runtime.augment_on != "auto" else []),
+                                *([] if test else ["--no-test"])])
             err.print(f"Stopped by {signal.Signals(stop.signum).name} at epoch {stop.epoch}, step {stop.step}; "
                       f"saved {_literal(stop.checkpoint)}. Resume with: {_literal(again)}", soft_wrap=True)
         raise typer.Exit(128 + stop.signum) from None
@@ -385,23 +394,28 @@ def train(
         _print_json(result.to_dict()) if as_json else out.print(_train_footer(result), soft_wrap=True)
 
 
-def _train_header(settings: Any, model: str, device: Any, world: int, train_size: int, test_size: int,
+def _train_header(settings: Any, model: str, device: Any, world: int, train_size: int, test_size: int | None,
                   out_dir: Path, resume: Path | None) -> str:
     processes = f" x {world} processes" if world > 1 else ""
     held = f" / {settings.val_split:,} held-out" if settings.val_split else ""
+    test = f" / {test_size:,} test images" if test_size is not None else " images (test set left out)"
     return (f"Training on [bold]{device}{processes}[/]: {_literal(model)}, {train_size - settings.val_split:,} "
-            f"train{held} / {test_size:,} test images, {settings.epochs} epoch{'s' * (settings.epochs != 1)}, "
+            f"train{held}{test}, {settings.epochs} epoch{'s' * (settings.epochs != 1)}, "
             f"batch {settings.batch_size}, lr {settings.lr}, seed {settings.seed}"
             + (f", EMA {settings.ema}" if settings.ema else "") + (", flip TTA" if settings.tta else "")
             + f" -> {_literal(out_dir)}" + (f" (resuming {_literal(resume)})" if resume else ""))
 
 
 def _train_footer(result: Any) -> str:
+    from cifar_cli.records import ACCURACY_NAMES, summed_up_by
+
     final, best = result.history[-1], result.history[result.best_epoch - 1]
-    held = f", held-out {100 * final.val_acc:.2f}%" if final.val_acc is not None else ""
+    key = summed_up_by(result.history)  # test accuracy, or held-out where the test set was left out
+    name = ACCURACY_NAMES[key]
+    held = f", held-out {100 * final.val_acc:.2f}%" if final.val_acc is not None and key == "test_acc" else ""
     judge = result.best_by.removesuffix("_acc")
-    return (f"Done: final test accuracy [bold]{100 * final.test_acc:.2f}%[/]{held}; best epoch by {judge} "
-            f"accuracy: {result.best_epoch} (test {100 * best.test_acc:.2f}%). "
+    return (f"Done: final {name} accuracy [bold]{100 * getattr(final, key):.2f}%[/]{held}; best epoch by {judge} "
+            f"accuracy: {result.best_epoch} ({name} {100 * getattr(best, key):.2f}%). "
             f"Checkpoints and history.json in [bold]{_literal(result.out_dir)}[/]")
 
 
@@ -716,6 +730,7 @@ def plot(
 ) -> None:
     """Training curves (loss and accuracy per epoch) from a run's history.json, as a PNG."""
     from cifar_cli.files import check_output
+    from cifar_cli.records import ACCURACY_NAMES, summed_up_by
     from cifar_cli.report import write_training_curves
     from cifar_cli.run_folder import read_history
 
@@ -723,13 +738,16 @@ def plot(
     history = read_history(run)
     out_file = check_output(out_file or (run if run.is_dir() else run.parent) / "curves.png", ".png", "--out")
     write_training_curves(history, out_file, title)
-    last, best = history[-1], max(history, key=lambda r: r.test_acc)
+    key = summed_up_by(history)  # test accuracy, or held-out where the run left the test set out
+    last, best = history[-1], max(history, key=attrgetter(key))
     if as_json:
         _print_json({"out": str(out_file), "epochs": len(history), "final_test_acc": last.test_acc,
-                     "best_test_acc": best.test_acc, "best_epoch": best.epoch})
+                     "best_test_acc": best.test_acc, "final_val_acc": last.val_acc, "best_by": key,
+                     "best_acc": getattr(best, key), "best_epoch": best.epoch})
         return
-    out.print(f"Wrote {_literal(out_file)}: {len(history)} epochs, final test accuracy {100 * last.test_acc:.2f}%, "
-              f"best {100 * best.test_acc:.2f}% (epoch {best.epoch})")
+    name = ACCURACY_NAMES[key]
+    out.print(f"Wrote {_literal(out_file)}: {len(history)} epochs, final {name} accuracy "
+              f"{100 * getattr(last, key):.2f}%, best {100 * getattr(best, key):.2f}% (epoch {best.epoch})")
 
 
 @app.command()

@@ -59,7 +59,7 @@ from cifar_cli.data import (
 )
 from cifar_cli.errors import CifarError
 from cifar_cli.models import ModelSpec, create_model, preset_spec
-from cifar_cli.records import EpochRecord, EvalResult, TrainResult
+from cifar_cli.records import EpochRecord, EvalResult, TrainResult, summed_up_by
 from cifar_cli.run_folder import (
     BEST,
     HISTORY,
@@ -202,6 +202,7 @@ class RunState:
                              + ", ".join(changed))
         try:
             history = [EpochRecord.from_dict(r) for r in state.get("history", [])]
+            summed_up_by(history)
             position = EpochTotals(**state["position"]) if state.get("position") else None
         except (TypeError, ValueError):
             raise CifarError("the checkpoint's training history is damaged; it cannot be resumed") from None
@@ -503,15 +504,19 @@ def _first_bad_step(t: Trainer, first_bad: torch.Tensor) -> int:
     return int(step.item())
 
 
-def _judge_epoch(t: Trainer, state: RunState, totals: EpochTotals, test_split: Split, val_split: Split | None,
-                 out_dir: Path, seconds: float) -> EpochRecord:
+def _judge_epoch(t: Trainer, state: RunState, totals: EpochTotals, test_split: Split | None,
+                 val_split: Split | None, out_dir: Path, seconds: float) -> EpochRecord:
     """Evaluate the epoch's weights, keep the best, save last.safetensors and history.json (rank 0 only)."""
-    test = evaluate(t.eval_model, test_split, t.device, amp_dtype=t.amp_dtype, tta=t.settings.tta)
-    held = evaluate(t.eval_model, val_split, t.device, amp_dtype=t.amp_dtype, tta=t.settings.tta) if val_split else None
+    def measured(split: Split | None) -> EvalResult | None:
+        return None if split is None else evaluate(t.eval_model, split, t.device, amp_dtype=t.amp_dtype,
+                                                   tta=t.settings.tta)
+
+    test, held = measured(test_split), measured(val_split)
     record = EpochRecord(
         epoch=totals.epoch, train_loss=totals.loss_sum / totals.seen, train_acc=totals.correct / totals.seen,
-        test_loss=test.loss, test_acc=test.accuracy, lr=t.optimizer.param_groups[0]["lr"], seconds=seconds,
-        images=totals.seen, val_loss=held.loss if held else None, val_acc=held.accuracy if held else None)
+        test_loss=test.loss if test else None, test_acc=test.accuracy if test else None,
+        lr=t.optimizer.param_groups[0]["lr"], seconds=seconds, images=totals.seen,
+        val_loss=held.loss if held else None, val_acc=held.accuracy if held else None)
     state.history.append(record)
     if record.score > state.best_acc:
         state.best_epoch, state.best_acc = record.epoch, record.score
@@ -572,7 +577,7 @@ def _prepare_out_dir(stack: ExitStack, out_dir: Path, t: Trainer, sizes: dict[st
 def train(
     settings: TrainSettings,
     train_split: Split,
-    test_split: Split,
+    test_split: Split | None,
     out_dir: Path,
     device: torch.device,
     model_spec: ModelSpec | None = None,
@@ -584,10 +589,14 @@ def train(
 ) -> TrainResult:
     """Train from scratch or from `resume`; writes last/best checkpoints, history.json and settings.json.
 
-    Refuses an `out_dir` that holds another run unless `overwrite`. Raises TrainingInterrupted after
-    saving, on SIGINT/SIGTERM; CifarError on bad input or divergence.
+    `test_split` None leaves the test set out: the held-out slice alone judges the epochs, and the weights
+    are the same as with it (evaluation draws no random numbers). Refuses an `out_dir` that holds another
+    run unless `overwrite`. Raises TrainingInterrupted after saving, on SIGINT/SIGTERM; CifarError on bad
+    input or divergence.
     """
     settings.validate(len(train_split))
+    if test_split is None and not settings.val_split:
+        raise CifarError("train() needs a test split or a held-out slice (settings.val_split) to judge epochs by")
     runtime, dist, out_dir = runtime or Runtime(), dist or Distributed(), Path(out_dir)
     observer = observer if (observer is not None and dist.main) else _Silent()
     state = RunState.resume(resume, settings) if resume is not None else RunState(settings)
@@ -602,7 +611,8 @@ def train(
 
     with ExitStack() as stack:
         if dist.main:
-            sizes = {"train": len(train_split), "held_out": settings.val_split, "test": len(test_split)}
+            sizes = {"train": len(train_split), "held_out": settings.val_split,
+                     "test": len(test_split) if test_split is not None else 0}
             continuing = resume is not None and resume.source is not None and (
                 resume.source.resolve() == (out_dir / LAST).resolve())
             _prepare_out_dir(stack, out_dir, t, sizes, continuing, overwrite)

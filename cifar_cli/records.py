@@ -39,8 +39,8 @@ class EpochRecord:
     epoch: int
     train_loss: float
     train_acc: float
-    test_loss: float
-    test_acc: float
+    test_loss: float | None  # None when the run left the test set out (--no-test)
+    test_acc: float | None
     lr: float
     seconds: float
     images: int  # training images seen this epoch, all processes together
@@ -53,9 +53,11 @@ class EpochRecord:
         if not isinstance(row, dict):
             raise ValueError("a history row is not an object")
         record = cls(**row)
+        if record.test_acc is None and record.val_acc is None:
+            raise ValueError("a history row has neither a test nor a held-out accuracy")
         for f in fields(cls):
             value = getattr(record, f.name)
-            if value is None and f.name.startswith("val_"):
+            if value is None and f.name.startswith(("val_", "test_")):
                 continue
             wanted = int if f.name in ("epoch", "images") else (int, float)
             if isinstance(value, bool) or not isinstance(value, wanted) or not math.isfinite(value):
@@ -71,6 +73,18 @@ class EpochRecord:
         """The figures a checkpoint of this epoch carries in its metadata."""
         keys = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+ACCURACY_NAMES = {"test_acc": "test", "val_acc": "held-out"}  # what a person reads for each record field
+
+
+def summed_up_by(history: list[EpochRecord]) -> str:
+    """The accuracy a run is summed up by: "test_acc" when every epoch measured the test set, else
+    "val_acc" (a --no-test run, which always has a held-out slice); ValueError if neither is in every row."""
+    for key in ("test_acc", "val_acc"):
+        if all(getattr(r, key) is not None for r in history):
+            return key
+    raise ValueError("the history's epochs do not all have a test or all have a held-out accuracy")
 
 
 @dataclass

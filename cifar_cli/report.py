@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import nn
 
 from cifar_cli.errors import CifarError
 from cifar_cli.receptive_field import RFLayer
-from cifar_cli.records import EpochRecord, EvalResult
+from cifar_cli.records import EpochRecord, EvalResult, summed_up_by
 from cifar_cli.rules import Rule
 
 
@@ -105,8 +106,9 @@ def confusion_table(result: EvalResult) -> Table:
 def epoch_line(r: EpochRecord, epochs: int) -> str:
     width = len(str(epochs))
     held = f"val loss {r.val_loss:.4f} acc {100 * r.val_acc:5.2f}%  " if r.val_acc is not None else ""
+    test = f"test loss {r.test_loss:.4f} acc {100 * r.test_acc:5.2f}%  " if r.test_acc is not None else ""
     return (f"epoch {r.epoch:>{width}}/{epochs}  train loss {r.train_loss:.4f} acc {100 * r.train_acc:5.2f}%  "
-            f"{held}test loss {r.test_loss:.4f} acc {100 * r.test_acc:5.2f}%  lr {r.lr:.5f}  {r.seconds:.1f}s")
+            f"{held}{test}lr {r.lr:.5f}  {r.seconds:.1f}s")
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -149,22 +151,24 @@ def write_training_curves(history: list[EpochRecord], path: Path, title: str = "
     plt = _pyplot()
     epochs = [r.epoch for r in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    series = [("train", "train", "tab:blue"), ("val", "held-out", "tab:green"), ("test", "test", "tab:orange")]
-    for prefix, label, color in series:
+    series = {"train": ("train", "tab:blue"), "val": ("held-out", "tab:green"), "test": ("test", "tab:orange")}
+    for prefix, (label, color) in series.items():
         losses = [getattr(r, f"{prefix}_loss") for r in history]
         if any(v is None for v in losses):
             continue
         loss_ax.plot(epochs, losses, label=label, color=color)
         acc_ax.plot(epochs, [100 * getattr(r, f"{prefix}_acc") for r in history], label=label, color=color)
-    last = history[-1]
-    best = max(history, key=lambda r: r.test_acc)
-    acc_ax.axhline(100 * last.test_acc, color="tab:orange", linestyle=":", linewidth=1)
-    acc_ax.annotate(f"final test {100 * last.test_acc:.2f}%", (last.epoch, 100 * last.test_acc),
+    key = summed_up_by(history)  # test accuracy, or held-out where the run left the test set out
+    name, color = series[key.removesuffix("_acc")]
+    final, best = history[-1], max(history, key=attrgetter(key))
+    final_acc, best_acc = 100 * getattr(final, key), 100 * getattr(best, key)
+    acc_ax.axhline(final_acc, color=color, linestyle=":", linewidth=1)
+    acc_ax.annotate(f"final {name} {final_acc:.2f}%", (final.epoch, final_acc),
                     textcoords="offset points", xytext=(-8, -14), ha="right", fontsize=9)
     loss_ax.set(xlabel="epoch", ylabel="loss (train: with label smoothing)", title="Loss")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"Accuracy (best test {100 * best.test_acc:.2f}%, "
-               f"epoch {best.epoch})")
-    low = min(100 * min(r.train_acc, r.test_acc) for r in history[len(history) // 4:])
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)",
+               title=f"Accuracy (best {name} {best_acc:.2f}%, epoch {best.epoch})")
+    low = min(100 * min(r.train_acc, getattr(r, key)) for r in history[len(history) // 4:])
     acc_ax.set_ylim(max(0.0, low - 5), 100)
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)

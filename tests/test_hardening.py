@@ -279,6 +279,11 @@ def test_an_empty_test_set_is_an_error_not_zero_accuracy(tiny_data: Path, tmp_pa
     '"seconds": 1, "images": 10}]',
     '[{"epoch": "1", "train_loss": 1, "train_acc": 0.5, "test_loss": 1, "test_acc": 0.5, "lr": 0.1, '
     '"seconds": 1, "images": 10}]',
+    '[{"epoch": 1, "train_loss": 1, "train_acc": 0.5, "test_loss": null, "test_acc": null, "lr": 0.1, '
+    '"seconds": 1, "images": 10}]',  # neither a test nor a held-out figure
+    '[{"epoch": 1, "train_loss": 1, "train_acc": 0.5, "test_loss": 1, "test_acc": 0.5, "lr": 0.1, "seconds": 1, '
+    '"images": 10}, {"epoch": 2, "train_loss": 1, "train_acc": 0.5, "test_loss": null, "test_acc": null, '
+    '"lr": 0.1, "seconds": 1, "images": 10, "val_loss": 1, "val_acc": 0.5}]',  # nothing measured in every epoch
     "[" * 100_000 + "]" * 100_000, '"a string"', "[]", "[1, 2]", "{}"])
 def test_plot_refuses_malformed_histories_in_one_line(tmp_path: Path, content: str) -> None:
     (tmp_path / "history.json").write_text(content)

@@ -49,6 +49,37 @@ def test_held_out_slice_is_fixed_disjoint_and_picks_the_best_epoch(tiny_data: Pa
                        "--val-split", "300")
 
 
+def test_no_test_leaves_the_test_set_unread_and_the_weights_unchanged(tiny_data: Path, tmp_path: Path) -> None:
+    """A tuning run with --no-test never reads the test set and reports no test figure, yet trains the same
+    weights as with it: the held-out images alone judge the epochs."""
+    blind = tmp_path / "blind"
+    shutil.copytree(tiny_data, blind)
+    (blind / "cifar-10-batches-py" / "test_batch").unlink()  # a test set it cannot have peeked at
+    common = ("train", "--epochs", "2", "--val-split", "50", "--seed", "1", "--json", *TRAIN_ARGS)
+    seen = cli(*common, "--data-dir", tiny_data, "--out", tmp_path / "seen")
+    unseen = cli(*common, "--no-test", "--data-dir", blind, "--out", tmp_path / "unseen")
+    assert seen.exit_code == 0 and unseen.exit_code == 0, (seen.stderr, unseen.stderr)
+
+    report = json.loads(unseen.stdout)
+    assert all(r["test_acc"] is None and r["test_loss"] is None and 0 <= r["val_acc"] <= 1 for r in report["history"])
+    assert "test set left out" in " ".join(unseen.stderr.split())
+    assert [r["val_acc"] for r in report["history"]] == [r["val_acc"] for r in json.loads(seen.stdout)["history"]]
+    for name in ("last.safetensors", "best.safetensors"):
+        theirs, ours = (load_checkpoint(tmp_path / run / name) for run in ("seen", "unseen"))
+        assert theirs.epoch == ours.epoch and "test_acc" not in ours.metrics
+        assert all(torch.equal(theirs.model_state[k], v) for k, v in ours.model_state.items())
+
+    drawn = cli("plot", tmp_path / "unseen", "--json")
+    assert drawn.exit_code == 0, drawn.stderr
+    summary = json.loads(drawn.stdout)
+    assert (summary["best_by"], summary["final_test_acc"]) == ("val_acc", None)
+    assert summary["best_acc"] == max(r["val_acc"] for r in report["history"])
+    assert "final held-out accuracy" in " ".join(cli("plot", tmp_path / "unseen").stdout.split())
+
+    assert_clean_error(cli("train", "--no-test", "--data-dir", tiny_data, "--out", tmp_path / "x"),
+                       "--no-test needs --val-split")
+
+
 def _model(run: Path) -> torch.nn.Module:
     return model_from_checkpoint(load_checkpoint(run / "best.safetensors"))
 
