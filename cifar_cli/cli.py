@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from enum import Enum
-from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -407,15 +406,14 @@ def _train_header(settings: Any, model: str, device: Any, world: int, train_size
 
 
 def _train_footer(result: Any) -> str:
-    from cifar_cli.records import ACCURACY_NAMES, summed_up_by
+    from cifar_cli.records import headline
 
     final, best = result.history[-1], result.history[result.best_epoch - 1]
-    key = summed_up_by(result.history)  # test accuracy, or held-out where the test set was left out
-    name = ACCURACY_NAMES[key]
-    held = f", held-out {100 * final.val_acc:.2f}%" if final.val_acc is not None and key == "test_acc" else ""
+    summed = headline(result.history)  # test accuracy, or held-out where the test set was left out
+    held = f", held-out {100 * final.val_acc:.2f}%" if final.val_acc is not None and summed.key == "test_acc" else ""
     judge = result.best_by.removesuffix("_acc")
-    return (f"Done: final {name} accuracy [bold]{100 * getattr(final, key):.2f}%[/]{held}; best epoch by {judge} "
-            f"accuracy: {result.best_epoch} ({name} {100 * getattr(best, key):.2f}%). "
+    return (f"Done: final {summed.name} accuracy [bold]{100 * summed.of(final):.2f}%[/]{held}; best epoch by "
+            f"{judge} accuracy: {result.best_epoch} ({summed.name} {100 * summed.of(best):.2f}%). "
             f"Checkpoints and history.json in [bold]{_literal(result.out_dir)}[/]")
 
 
@@ -730,7 +728,7 @@ def plot(
 ) -> None:
     """Training curves (loss and accuracy per epoch) from a run's history.json, as a PNG."""
     from cifar_cli.files import check_output
-    from cifar_cli.records import ACCURACY_NAMES, summed_up_by
+    from cifar_cli.records import headline
     from cifar_cli.report import write_training_curves
     from cifar_cli.run_folder import read_history
 
@@ -738,16 +736,15 @@ def plot(
     history = read_history(run)
     out_file = check_output(out_file or (run if run.is_dir() else run.parent) / "curves.png", ".png", "--out")
     write_training_curves(history, out_file, title)
-    key = summed_up_by(history)  # test accuracy, or held-out where the run left the test set out
-    last, best = history[-1], max(history, key=attrgetter(key))
+    summed = headline(history)  # test accuracy, or held-out where the run left the test set out
+    last, best = history[-1], max(history, key=summed.of)
     if as_json:
         _print_json({"out": str(out_file), "epochs": len(history), "final_test_acc": last.test_acc,
-                     "best_test_acc": best.test_acc, "final_val_acc": last.val_acc, "best_by": key,
-                     "best_acc": getattr(best, key), "best_epoch": best.epoch})
+                     "best_test_acc": best.test_acc, "final_val_acc": last.val_acc, "best_by": summed.key,
+                     "best_acc": summed.of(best), "best_epoch": best.epoch})
         return
-    name = ACCURACY_NAMES[key]
-    out.print(f"Wrote {_literal(out_file)}: {len(history)} epochs, final {name} accuracy "
-              f"{100 * getattr(last, key):.2f}%, best {100 * getattr(best, key):.2f}% (epoch {best.epoch})")
+    out.print(f"Wrote {_literal(out_file)}: {len(history)} epochs, final {summed.name} accuracy "
+              f"{100 * summed.of(last):.2f}%, best {100 * summed.of(best):.2f}% (epoch {best.epoch})")
 
 
 @app.command()

@@ -59,7 +59,7 @@ from cifar_cli.data import (
 )
 from cifar_cli.errors import CifarError
 from cifar_cli.models import ModelSpec, create_model, preset_spec
-from cifar_cli.records import EpochRecord, EvalResult, TrainResult, summed_up_by
+from cifar_cli.records import EpochRecord, EvalResult, TrainResult, history_from_rows
 from cifar_cli.run_folder import (
     BEST,
     HISTORY,
@@ -201,8 +201,7 @@ class RunState:
             raise CifarError("a resumed run keeps its settings; these differ from the checkpoint's: "
                              + ", ".join(changed))
         try:
-            history = [EpochRecord.from_dict(r) for r in state.get("history", [])]
-            summed_up_by(history)
+            history = history_from_rows(state.get("history", []))
             position = EpochTotals(**state["position"]) if state.get("position") else None
         except (TypeError, ValueError):
             raise CifarError("the checkpoint's training history is damaged; it cannot be resumed") from None

@@ -75,16 +75,32 @@ class EpochRecord:
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
-ACCURACY_NAMES = {"test_acc": "test", "val_acc": "held-out"}  # what a person reads for each record field
+@dataclass(frozen=True)
+class Headline:
+    """The accuracy a run is summed up by: test accuracy when every epoch measured the test set, else
+    held-out accuracy (a --no-test run, which always has a held-out slice)."""
+
+    key: str  # the EpochRecord field: "test_acc" or "val_acc"
+    name: str  # what a person reads: "test" or "held-out"
+
+    def of(self, record: EpochRecord) -> float:
+        return getattr(record, self.key)
 
 
-def summed_up_by(history: list[EpochRecord]) -> str:
-    """The accuracy a run is summed up by: "test_acc" when every epoch measured the test set, else
-    "val_acc" (a --no-test run, which always has a held-out slice); ValueError if neither is in every row."""
-    for key in ("test_acc", "val_acc"):
+def headline(history: list[EpochRecord]) -> Headline:
+    """ValueError unless every epoch has a test accuracy, or every epoch a held-out one."""
+    for key, name in (("test_acc", "test"), ("val_acc", "held-out")):
         if all(getattr(r, key) is not None for r in history):
-            return key
+            return Headline(key, name)
     raise ValueError("the history's epochs do not all have a test or all have a held-out accuracy")
+
+
+def history_from_rows(rows: Any) -> list[EpochRecord]:
+    """history.json's rows (or a checkpoint's copy of them) as records; TypeError or ValueError unless each
+    row is well formed and the epochs share a headline accuracy."""
+    history = [EpochRecord.from_dict(row) for row in rows]
+    headline(history)
+    return history
 
 
 @dataclass

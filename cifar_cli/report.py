@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from torch import nn
 
 from cifar_cli.errors import CifarError
 from cifar_cli.receptive_field import RFLayer
-from cifar_cli.records import EpochRecord, EvalResult, summed_up_by
+from cifar_cli.records import EpochRecord, EvalResult, headline
 from cifar_cli.rules import Rule
 
 
@@ -158,17 +157,17 @@ def write_training_curves(history: list[EpochRecord], path: Path, title: str = "
             continue
         loss_ax.plot(epochs, losses, label=label, color=color)
         acc_ax.plot(epochs, [100 * getattr(r, f"{prefix}_acc") for r in history], label=label, color=color)
-    key = summed_up_by(history)  # test accuracy, or held-out where the run left the test set out
-    name, color = series[key.removesuffix("_acc")]
-    final, best = history[-1], max(history, key=attrgetter(key))
-    final_acc, best_acc = 100 * getattr(final, key), 100 * getattr(best, key)
+    summed = headline(history)  # test accuracy, or held-out where the run left the test set out
+    color = series[summed.key.removesuffix("_acc")][1]
+    final, best = history[-1], max(history, key=summed.of)
+    final_acc, best_acc = 100 * summed.of(final), 100 * summed.of(best)
     acc_ax.axhline(final_acc, color=color, linestyle=":", linewidth=1)
-    acc_ax.annotate(f"final {name} {final_acc:.2f}%", (final.epoch, final_acc),
+    acc_ax.annotate(f"final {summed.name} {final_acc:.2f}%", (final.epoch, final_acc),
                     textcoords="offset points", xytext=(-8, -14), ha="right", fontsize=9)
     loss_ax.set(xlabel="epoch", ylabel="loss (train: with label smoothing)", title="Loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)",
-               title=f"Accuracy (best {name} {best_acc:.2f}%, epoch {best.epoch})")
-    low = min(100 * min(r.train_acc, getattr(r, key)) for r in history[len(history) // 4:])
+               title=f"Accuracy (best {summed.name} {best_acc:.2f}%, epoch {best.epoch})")
+    low = min(100 * min(r.train_acc, summed.of(r)) for r in history[len(history) // 4:])
     acc_ax.set_ylim(max(0.0, low - 5), 100)
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)

@@ -16,7 +16,7 @@ from typing import Any
 
 from cifar_cli.errors import CifarError
 from cifar_cli.files import write_atomic
-from cifar_cli.records import EpochRecord, summed_up_by
+from cifar_cli.records import EpochRecord, history_from_rows
 
 LAST, BEST, HISTORY, SETTINGS = "last.safetensors", "best.safetensors", "history.json", "settings.json"
 RUN_FILES = (LAST, BEST, HISTORY, SETTINGS)
@@ -104,8 +104,7 @@ def read_history(path: Path) -> list[EpochRecord]:
         if path.stat().st_size > MAX_HISTORY_BYTES or not path.is_file():
             raise CifarError(f"{path} is not a cifar train history.json (not a regular file of a sensible size)")
         rows = json.loads(path.read_text())
-        history = [EpochRecord.from_dict(row) for row in rows]
-        summed_up_by(history)  # every row measured the same thing
+        history = history_from_rows(rows)
     except FileNotFoundError:
         raise CifarError(f"history not found: {path}") from None
     except OSError as e:
