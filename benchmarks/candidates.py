@@ -12,6 +12,8 @@ all) and differs from cifarnet-ds, the default when they were measured, in one i
   pair at 16x16 and at 8x8, with post-activation blocks, widths (32, 64, 128, 160).
 - `deep_c3`: a second dilated residual pair at 8x8, paid for by a narrower C4 (160): widths
   (32, 64, 128, 160).
+- `deep_c2`: measured against `cifarnet-ds48`, the default since: a second residual pair at 16x16, paid
+  for by a narrower C4 (136): widths (48, 96, 128, 136).
 """
 
 from __future__ import annotations
@@ -78,3 +80,7 @@ def lean_deep() -> Candidate:
 
 def deep_c3() -> Candidate:
     return Candidate((32, 64, 128, 160), (1, 1, 2, 1), post=False)
+
+
+def deep_c2() -> Candidate:
+    return Candidate((48, 96, 128, 136), (1, 2, 1, 1), post=False)
