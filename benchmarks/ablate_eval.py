@@ -34,7 +34,8 @@ def main() -> None:
     _, held = hold_out(load_split(args.data_dir, train=True), settings.val_split)
     models = {"raw": model_from_checkpoint(ckpt, raw=True)}
     if ckpt.raw_state:
-        models[f"ema {settings.ema}"] = model_from_checkpoint(ckpt)
+        copy = f"ema {settings.ema}" if settings.ema else f"lookahead {settings.lookahead}"  # the same at a run's end
+        models[copy] = model_from_checkpoint(ckpt)
     cpu = torch.device("cpu")
     rows = [{"weights": name, "tta": tta, "val_acc": evaluate(model, held, cpu, tta=tta).accuracy}
             for name, model in models.items() for tta in (False, True)]

@@ -1,8 +1,8 @@
 """Checkpoints: weights in safetensors, and in its metadata everything needed to rebuild and judge them.
 
-Tensors are named `model.<param>` (the weights the metrics describe: the weight average when training
-kept one) and, in resumable checkpoints, `optimizer.<index>.<key>` and, with a weight average, the raw
-training weights as `raw.<param>`. Metadata
+Tensors are named `model.<param>` (the weights the metrics describe: the weight average or lookahead's
+slow weights when training kept either) and, in resumable checkpoints, `optimizer.<index>.<key>` and,
+with such a second copy, the trained weights as `raw.<param>`. Metadata
 (strings only, per the format) holds JSON: the model config, epoch, metrics, normalisation constants,
 class names, package version and, for resuming, the optimizer/scheduler/run state.
 Writes are atomic: a temp file in the same folder, fsync, rename.
@@ -49,7 +49,7 @@ class Checkpoint:
     # Only in resumable checkpoints: optimizer state tensors and the JSON-able rest of the run's state.
     optimizer_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     train_state: dict[str, Any] | None = None
-    raw_state: dict[str, torch.Tensor] = field(default_factory=dict)  # training weights, when model_state is an EMA
+    raw_state: dict[str, torch.Tensor] = field(default_factory=dict)  # trained weights, when model_state is a copy
     source: Path | None = None  # the file it was read from (not saved)
 
 

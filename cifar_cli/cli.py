@@ -297,6 +297,10 @@ def train(
                                      "loss (0: off).", float) = None,
     ema: _setting_option("ema", "--ema", "Evaluate and save an exponential moving average of the weights with "
                          "this per-step decay, e.g. 0.999 (0: off).", float) = None,
+    lookahead: _setting_option("lookahead", "--lookahead", "Lookahead, as in airbench: every 5 steps, pull slow "
+                               "weights toward the trained ones and go on from them, keeping up to this per-step "
+                               "decay by the end (ramped in as progress cubed), e.g. 0.95 (0: off). The slow "
+                               "weights are evaluated and saved.", float) = None,
     tta: TTA = None,
     test: Annotated[bool, typer.Option(
         "--test/--no-test", help="Evaluate the test set after each epoch. --no-test (with --val-split) leaves it "
@@ -343,7 +347,7 @@ def train(
     checkpoint = load_checkpoint(resume) if resume else None
     settings = (settings_of(checkpoint) if checkpoint else DEFAULTS).with_options(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, weight_decay=weight_decay,
-        label_smoothing=label_smoothing, ema=ema, tta=tta)
+        label_smoothing=label_smoothing, ema=ema, lookahead=lookahead, tta=tta)
     settings.validate()
     if not test and not settings.val_split:
         raise CifarError("--no-test needs --val-split: without the test set, held-out images must judge the epochs")
@@ -401,7 +405,9 @@ def _train_header(settings: Any, model: str, device: Any, world: int, train_size
     return (f"Training on [bold]{device}{processes}[/]: {_literal(model)}, {train_size - settings.val_split:,} "
             f"train{held}{test}, {settings.epochs} epoch{'s' * (settings.epochs != 1)}, "
             f"batch {settings.batch_size}, lr {settings.lr}, seed {settings.seed}"
-            + (f", EMA {settings.ema}" if settings.ema else "") + (", flip TTA" if settings.tta else "")
+            + (f", EMA {settings.ema}" if settings.ema else "")
+            + (f", lookahead {settings.lookahead}" if settings.lookahead else "")
+            + (", flip TTA" if settings.tta else "")
             + f" -> {_literal(out_dir)}" + (f" (resuming {_literal(resume)})" if resume else ""))
 
 

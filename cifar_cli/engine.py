@@ -288,7 +288,29 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-class WeightAverage:
+class ShadowWeights:
+    """A second copy of a network's weights and BatchNorm statistics, kept beside the trained one; it is
+    what is evaluated and saved, and the trained weights stay in last.safetensors for --resume."""
+
+    def __init__(self, model: nn.Module):
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+        pairs = list(zip(model.state_dict().values(), self.model.state_dict().values()))
+        self._sources = [s for s, _ in pairs if s.is_floating_point()]
+        self._targets = [t for s, t in pairs if s.is_floating_point()]
+        self._counters = [(s, t) for s, t in pairs if not s.is_floating_point()]  # BatchNorm's batch count
+
+    def update(self, steps_done: int) -> None:
+        """Called after every optimizer step with the run's step count so far."""
+        raise NotImplementedError
+
+    def _pull(self, decay: float) -> None:
+        """Move the copy toward the trained weights by 1 - decay."""
+        torch._foreach_lerp_(self._targets, self._sources, 1 - decay)
+        for source, target in self._counters:
+            target.copy_(source)
+
+
+class WeightAverage(ShadowWeights):
     """An exponential moving average of a network's weights and BatchNorm statistics, after every step.
 
     The decay warms up as (1 + n) / (10 + n) so the early, random weights are forgotten quickly. It
@@ -296,19 +318,44 @@ class WeightAverage:
     """
 
     def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model)
         self.decay = decay
-        self.model = copy.deepcopy(model).requires_grad_(False).eval()
-        pairs = list(zip(model.state_dict().values(), self.model.state_dict().values()))
-        self._sources = [s for s, _ in pairs if s.is_floating_point()]
-        self._targets = [t for s, t in pairs if s.is_floating_point()]
-        self._counters = [(s, t) for s, t in pairs if not s.is_floating_point()]  # BatchNorm's batch count
 
     @torch.no_grad()
     def update(self, steps_done: int) -> None:
-        decay = min(self.decay, (1 + steps_done) / (10 + steps_done))
-        torch._foreach_lerp_(self._targets, self._sources, 1 - decay)
-        for source, target in self._counters:
-            target.copy_(source)
+        self._pull(min(self.decay, (1 + steps_done) / (10 + steps_done)))
+
+
+class Lookahead(ShadowWeights):
+    """Slow weights that the trained ones restart from every SYNC_EVERY steps (airbench's lookahead).
+
+    At each sync the slow weights move toward the trained ones, keeping `decay`**SYNC_EVERY * progress**3
+    of themselves, and training goes on from them. The cube keeps the fast early run untouched and
+    averages the final descent, where step noise is what is left. The last step always syncs, so a run
+    ends with both copies equal. Like WeightAverage, it depends only on the step count.
+    """
+
+    SYNC_EVERY = 5
+
+    def __init__(self, model: nn.Module, decay: float, total_steps: int):
+        super().__init__(model)
+        self.decay, self.total_steps = decay, total_steps
+
+    @torch.no_grad()
+    def update(self, steps_done: int) -> None:
+        if steps_done % self.SYNC_EVERY and steps_done != self.total_steps:
+            return
+        self._pull(self.decay ** self.SYNC_EVERY * (steps_done / self.total_steps) ** 3)
+        torch._foreach_copy_(self._sources, self._targets)
+
+
+def shadow_weights(model: nn.Module, settings: TrainSettings, total_steps: int) -> ShadowWeights | None:
+    """The run's second copy of the weights, if its settings ask for one (--ema or --lookahead)."""
+    if settings.ema:
+        return WeightAverage(model, settings.ema)
+    if settings.lookahead:
+        return Lookahead(model, settings.lookahead, total_steps)
+    return None
 
 
 @dataclass
@@ -319,8 +366,8 @@ class Trainer:
     spec: ModelSpec
     model: nn.Module  # the weights being trained
     ddp_model: nn.Module  # what the step calls: `model`, wrapped for DDP and compiled where asked
-    eval_model: nn.Module  # what is evaluated and saved: the weight average if there is one, else `model`
-    average: WeightAverage | None
+    eval_model: nn.Module  # what is evaluated and saved: the average or slow weights if any, else `model`
+    shadow: ShadowWeights | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler  # scales fp16 losses; a no-op in every other dtype
@@ -353,13 +400,14 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     torch.manual_seed(settings.seed)
     model = model_from_checkpoint(resume, raw=True, given=spec) if resume is not None else create_model(spec)
     model.to(device, memory_format=memory_format(device))
-    average = WeightAverage(model, settings.ema) if settings.ema else None
-    if average is not None and resume is not None:
-        average.model.load_state_dict(model_from_checkpoint(resume, given=spec).state_dict())
     plan = EpochBatches(len(train_split), settings.batch_size, settings.seed, dist.rank, dist.world)
+    total_steps = settings.epochs * plan.batches_per_epoch()
+    shadow = shadow_weights(model, settings, total_steps)
+    if shadow is not None and resume is not None:
+        shadow.model.load_state_dict(model_from_checkpoint(resume, given=spec).state_dict())
     optimizer = torch.optim.SGD(param_groups(model, settings.weight_decay), lr=settings.lr,
                                 momentum=settings.momentum, nesterov=True)
-    scheduler = (schedule or one_cycle(settings))(optimizer, settings.epochs * plan.batches_per_epoch())
+    scheduler = (schedule or one_cycle(settings))(optimizer, total_steps)
     amp_dtype = runtime.amp_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if resume is not None:
@@ -376,7 +424,7 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if runtime.compile:
         ddp_model = torch.compile(ddp_model)
-    return Trainer(settings, spec, model, ddp_model, average.model if average else model, average, optimizer,
+    return Trainer(settings, spec, model, ddp_model, shadow.model if shadow else model, shadow, optimizer,
                    scheduler, scaler, plan, _batches(train_split, plan, device, runtime, dist), device, dist, amp_dtype,
                    runtime.compile)
 
@@ -433,8 +481,8 @@ def train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, epoch: in
     t.scaler.step(t.optimizer)
     t.scaler.update()
     t.scheduler.step()
-    if t.average is not None:
-        t.average.update((epoch - 1) * t.steps_per_epoch + step)
+    if t.shadow is not None:
+        t.shadow.update((epoch - 1) * t.steps_per_epoch + step)
     return loss, logits, y
 
 
@@ -536,7 +584,7 @@ def _save_last(t: Trainer, state: RunState, out_dir: Path) -> None:
     save_checkpoint(out_dir / LAST, Checkpoint(
         t.spec, t.eval_model.state_dict(), epoch=epoch,
         metrics=state.history[-1].metrics() if state.history else {},
-        raw_state=t.model.state_dict() if t.average is not None else {},
+        raw_state=t.model.state_dict() if t.shadow is not None else {},
         optimizer_tensors=optimizer_tensors, train_state=state.to_json()))
 
 

@@ -145,7 +145,7 @@ def lr_range_test(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
                          f"(got {start:g} and {end:g})")
     if not 2 <= steps <= MAX_STEPS:
         raise CifarError(f"--steps must be between 2 and {MAX_STEPS:,}, not {steps}")
-    settings = replace(settings, lr=start, ema=0.0, val_split=0)
+    settings = replace(settings, lr=start, ema=0.0, lookahead=0.0, val_split=0)
     factor = (end / start) ** (1 / (steps - 1))
     t = build_trainer(settings, spec, train_split, device, runtime or Runtime(), Distributed(), None,
                       RunState(settings), schedule=lambda opt, _: torch.optim.lr_scheduler.LambdaLR(

@@ -36,6 +36,7 @@ class TrainSettings:
     seed: int = 0
     val_split: int = 0  # training images held out to judge settings by (0: train on all of them)
     ema: float = 0.0  # per-step decay of a weight average that is evaluated and saved instead (0: off)
+    lookahead: float = 0.0  # per-step decay of lookahead's slow weights at the run's end (0: off; airbench 0.95)
     tta: bool = True  # evaluate on each image and its mirror image, averaging the logits (+0.4 pt held-out)
 
     def validate(self, train_size: int | None = None) -> None:
@@ -57,6 +58,10 @@ class TrainSettings:
             raise CifarError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         if not 0 <= self.ema < 1:
             raise CifarError(f"--ema must be a decay in [0, 1) (0 turns it off), not {self.ema}")
+        if not 0 <= self.lookahead < 1:
+            raise CifarError(f"--lookahead must be a decay in [0, 1) (0 turns it off), not {self.lookahead}")
+        if self.ema and self.lookahead:
+            raise CifarError("--ema and --lookahead each keep a second copy of the weights: choose one")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -123,6 +123,7 @@ def test_class_names_from_a_checkpoint_cannot_drive_the_terminal(trained_run: Pa
 def test_help_shows_every_default_from_the_settings() -> None:
     text = " ".join(cli("train", "--help").stdout.replace("│", " ").split())
     for option, name in [("Epochs to train.", "epochs"), ("one-cycle schedule.", "lr"), ("e.g. 0.999 (0: off).", "ema"),
+                         ("evaluated and saved.", "lookahead"),
                          ("BatchNorm or biases).", "weight_decay"), ("training loss (0: off).", "label_smoothing")]:
         assert f"{option} [default: ({getattr(DEFAULTS, name)})]" in text
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -197,20 +198,29 @@ def test_epoch_plan_shares_are_disjoint_and_cover_the_data() -> None:
     assert len(set(union.tolist())) == 99  # disjoint; one image left over, as in DistributedSampler(drop_last)
 
 
-def test_a_run_with_a_weight_average_resumes_to_the_same_run(splits: tuple, tmp_path: Path) -> None:
-    settings = TrainSettings(epochs=2, batch_size=16, lr=0.05, seed=2, ema=0.9)
+@pytest.mark.parametrize("second_copy", [{"ema": 0.9}, {"lookahead": 0.95}], ids=["ema", "lookahead"])
+def test_a_run_with_a_second_copy_of_the_weights_resumes_to_the_same_run(splits: tuple, tmp_path: Path,
+                                                                       second_copy: dict) -> None:
+    settings = TrainSettings(epochs=2, batch_size=16, lr=0.05, seed=2, **second_copy)
     train(settings, *splits, tmp_path / "whole", CPU)
     with pytest.raises(TrainingInterrupted):
-        train(settings, *splits, tmp_path / "cut", CPU, observer=SignalAt(signal.SIGINT, epoch=2, step=10))
-    resumed = train(settings, *splits, tmp_path / "cut", CPU,
-                    resume=load_checkpoint(tmp_path / "cut" / "last.safetensors"))
+        train(settings, *splits, tmp_path / "cut", CPU, observer=SignalAt(signal.SIGINT, epoch=1, step=10))
+    cut_mid_epoch = load_checkpoint(tmp_path / "cut" / "last.safetensors")
+    resumed = train(settings, *splits, tmp_path / "cut", CPU, resume=cut_mid_epoch)
     assert resumed.history[-1].epoch == 2
-    _assert_same_run(tmp_path / "cut", tmp_path / "whole")  # the history and the averaged weights
+    _assert_same_run(tmp_path / "cut", tmp_path / "whole")  # the history and the evaluated weights
     whole, cut = (load_checkpoint(tmp_path / run / "last.safetensors") for run in ("whole", "cut"))
     assert all(torch.equal(whole.raw_state[k], cut.raw_state[k]) for k in whole.raw_state)
-    # The average is a different set of weights from the training ones, and it is what was evaluated.
-    assert not torch.equal(whole.raw_state["head.2.weight"], whole.model_state["head.2.weight"])
+    # Stopped between two of lookahead's syncs (after step 11), the trained weights had moved on from the slow ones.
+    assert not torch.equal(cut_mid_epoch.raw_state["head.2.weight"], cut_mid_epoch.model_state["head.2.weight"])
+    # The copy is what was evaluated. An average stays apart from the trained weights; lookahead's last
+    # step syncs, so its run ends with both equal.
     assert whole.metrics["test_acc"] == _history(tmp_path / "whole")[-1]["test_acc"]
+    ends_equal = torch.equal(whole.raw_state["head.2.weight"], whole.model_state["head.2.weight"])
+    assert ends_equal == ("lookahead" in second_copy)
+    plain = train(replace(settings, ema=0.0, lookahead=0.0), *splits, tmp_path / "plain", CPU)
+    # Lookahead steers training itself (its loss changes); an average only watches.
+    assert (plain.history[-1].train_loss == resumed.history[-1].train_loss) == ("ema" in second_copy)
 
 
 def test_the_device_augmentation_path_resumes_mid_epoch_to_the_same_run(splits: tuple, reference: Path,

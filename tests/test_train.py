@@ -116,6 +116,9 @@ def test_bad_train_options_fail_cleanly(tiny_data: Path, tmp_path: Path) -> None
     assert_clean_error(cli("train", "--lr", "0", "--data-dir", tiny_data), "--lr")
     assert_clean_error(cli("train", "--label-smoothing", "1", "--data-dir", tiny_data), "--label-smoothing")
     assert_clean_error(cli("train", "--weight-decay", "-0.1", "--data-dir", tiny_data), "--weight-decay")
+    assert_clean_error(cli("train", "--lookahead", "1", "--data-dir", tiny_data), "--lookahead must be a decay")
+    assert_clean_error(cli("train", "--lookahead", "0.95", "--ema", "0.999", "--data-dir", tiny_data),
+                       "--ema and --lookahead", "choose one")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert_clean_error(cli("train", "--epochs", "1", "--data-dir", tiny_data, "--out", blocker / "run"),
