@@ -34,7 +34,8 @@ def main() -> None:
     _, held = hold_out(load_split(args.data_dir, train=True), settings.val_split)
     models = {"raw": model_from_checkpoint(ckpt, raw=True)}
     if ckpt.raw_state:
-        copy = f"ema {settings.ema}" if settings.ema else f"lookahead {settings.lookahead}"  # the same at a run's end
+        # (A finished lookahead run ends with both copies equal: compare it with a run without instead.)
+        copy = f"ema {settings.ema}" if settings.ema else f"lookahead {settings.lookahead}"
         models[copy] = model_from_checkpoint(ckpt)
     cpu = torch.device("cpu")
     rows = [{"weights": name, "tta": tta, "val_acc": evaluate(model, held, cpu, tta=tta).accuracy}

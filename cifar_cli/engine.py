@@ -330,9 +330,10 @@ class Lookahead(ShadowWeights):
     """Slow weights that the trained ones restart from every SYNC_EVERY steps (airbench's lookahead).
 
     At each sync the slow weights move toward the trained ones, keeping `decay`**SYNC_EVERY * progress**3
-    of themselves, and training goes on from them. The cube keeps the fast early run untouched and
-    averages the final descent, where step noise is what is left. The last step always syncs, so a run
-    ends with both copies equal. Like WeightAverage, it depends only on the step count.
+    of themselves, and training goes on from them. So each sync keeps only part of the last few steps'
+    progress: late in the run this averages away step noise and slows the descent, while the cube leaves
+    the fast early run untouched. The last step always syncs, so a run ends with both copies equal. Like
+    WeightAverage, it depends only on the step count.
     """
 
     SYNC_EVERY = 5
