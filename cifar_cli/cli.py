@@ -458,6 +458,11 @@ def _load_model(path: Path | None, device: str, tta: bool | None,
     return path, ckpt, network.to(torch_device), torch_device, DEFAULTS.tta if tta is None else tta
 
 
+class EvalImages(str, Enum):
+    test = "test"
+    train = "train"
+
+
 @app.command("eval")
 @_fails_cleanly
 def eval_command(
@@ -471,9 +476,14 @@ def eval_command(
         "--batch-size", min=1, help="Images per forward pass; changes speed, not results.")] = EVAL_BATCH_SIZE,
     tta: TTA = None,
     model: ModelOption = None,
+    images: Annotated[EvalImages, typer.Option(
+        "--images", help="The official test set, or the 50,000 training images without augmentation: how "
+                         "closely the network fits what it learned from, next to how well it generalises.")
+    ] = EvalImages.test,
     as_json: Json = False,
 ) -> None:
-    """Test loss, accuracy, per-class results and the confusion matrix of a checkpoint.
+    """Loss, accuracy, per-class results and the confusion matrix of a checkpoint on the test set
+    (with --images train: on the training images, un-augmented).
 
     A checkpoint of a preset rebuilds its network from the file alone; one of your own network needs
     --model FILE.py:NAME again (a checkpoint is never a reason to import code).
@@ -483,16 +493,16 @@ def eval_command(
     from cifar_cli.report import confusion_table, per_class_table
 
     checkpoint, ckpt, network, torch_device, tta = _load_model(checkpoint, device, tta, model)
-    split = load_split(_data_dir(data_dir), train=False, download_missing=download)
+    split = load_split(_data_dir(data_dir), train=images is EvalImages.train, download_missing=download)
     result = evaluate(network, split, torch_device, batch_size=batch_size, classes=ckpt.classes,
                       mean=ckpt.mean, std=ckpt.std, tta=tta)
     if as_json:
-        _print_json({"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "images": len(split), "tta": tta,
-                     **result.to_dict()})
+        _print_json({"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "images": len(split),
+                     "images_from": images.value, "tta": tta, **result.to_dict()})
         return
     out.print(Panel.fit(f"{_literal(checkpoint)}  ({_literal(ckpt.model.describe())}, epoch {ckpt.epoch}, "
                         f"cifar-cli {_literal(ckpt.version)})\n"
-                        f"test images {len(split):,}{' + mirror images' if tta else ''}   "
+                        f"{images.value} images {len(split):,}{' + mirror images' if tta else ''}   "
                         f"loss [bold]{result.loss:.4f}[/]   "
                         f"accuracy [bold]{100 * result.accuracy:.2f}%[/]"))
     out.print(per_class_table(result))

@@ -135,6 +135,27 @@ def test_without_a_packaged_checkpoint_eval_and_predict_say_so(tmp_path: Path,
     assert_clean_error(cli("predict", tmp_path / "x.png"), "packaged one is missing")
 
 
+def test_eval_judges_the_training_images_when_asked(trained_run: Path, tiny_data: Path) -> None:
+    # How closely a network fits the images it learned from, beside the test figure, tells a student
+    # whether it lacks capacity or regularisation: the training images, as they are, not augmented.
+    def report(*options: str) -> dict:
+        result = cli("eval", trained_run / "last.safetensors", "--data-dir", tiny_data, "--device", "cpu",
+                     "--json", *options)
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    train, test = report("--images", "train", "--no-tta"), report()
+    for figures, split in ((train, load_split(tiny_data, train=True)), (test, load_split(tiny_data, train=False))):
+        assert figures["images"] == len(split)
+        assert np.array_equal(np.sum(figures["confusion"], axis=1), np.bincount(split.labels, minlength=10))
+    assert (train["images_from"], test["images_from"], train["tta"], test["tta"]) == ("train", "test", False, True)
+    network = model_from_checkpoint(load_checkpoint(trained_run / "last.safetensors"))
+    assert train["accuracy"] == evaluate(network, load_split(tiny_data, train=True), CPU).accuracy
+    text = cli("eval", trained_run / "last.safetensors", "--images", "train", "--data-dir", tiny_data)
+    assert text.exit_code == 0 and "train images 300 + mirror images" in text.stdout
+    assert cli("eval", "--images", "val", "--data-dir", tiny_data).exit_code == 2
+
+
 def test_plot_draws_the_curves_of_a_run(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "curves.png"
     result = cli("plot", trained_run, "--out", out, "--title", "tiny run")
