@@ -58,7 +58,8 @@ def main() -> None:
         print(json.dumps({"threads": args.threads, "batch": args.batch, "torch": torch.__version__,
                           "ms_per_step": figures}))
         return
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, mean of {args.steps} steps")
+    threads = f"{args.threads} thread{'' if args.threads == 1 else 's'}"
+    print(f"torch {torch.__version__}, {threads}, batch {args.batch}, mean of {args.steps} steps")
     for name, ms in figures.items():
         print(f"{ms:8.1f} ms  {name}")
 
