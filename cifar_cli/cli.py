@@ -477,8 +477,8 @@ def eval_command(
     tta: TTA = None,
     model: ModelOption = None,
     images: Annotated[EvalImages, typer.Option(
-        "--images", help="The official test set, or the 50,000 training images without augmentation: how "
-                         "closely the network fits what it learned from, next to how well it generalises.")
+        "--images", help="The test set, or the training images without augmentation: how closely the "
+                         "network fits what it learned from, next to how well it generalises.")
     ] = EvalImages.test,
     as_json: Json = False,
 ) -> None:
