@@ -17,7 +17,8 @@ all) and differs from cifarnet-ds, the default when they were measured, in one i
 - `c4_at_8x8`: `cifarnet-ds48` with C4 at 8x8 instead of 4x4 (its first convolution has stride 1): the same
   196,538 parameters, more compute per parameter where it is cheap. A network of this size fits its own
   training images only to about 96% (the shipped checkpoint, `cifar eval --images train --no-tta`: 95.81%,
-  against 90.54% on the test set), so it is short of capacity as much as of regularisation.
+  against 90.54% on the test set), so it is short of capacity as much as of regularisation. Measured
+  with lookahead: level with the default (92.26% against 92.20% held-out), not kept.
 """
 
 from __future__ import annotations
