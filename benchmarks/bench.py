@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from cifar_cli.augment import BatchAugmenter, train_pipeline
 from cifar_cli.data import MEAN, STD, AugmentedBatches, EpochBatches, Split, load_split
-from cifar_cli.engine import autocast, to_device, train
-from cifar_cli.models import create_model, preset_spec
+from cifar_cli.engine import autocast, sgd, to_device, train
+from cifar_cli.models import ModelSpec, create_model, preset_spec
 from cifar_cli.runtime import Runtime, memory_format, resolve_device
 from cifar_cli.settings import TrainSettings
 
@@ -123,12 +123,17 @@ def loader_rate(split: Split, workers: int, batches: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def step_rate(device: torch.device, ours: bool, steps: int = 20, batch: int = 128) -> float:
+def step_rate(device: torch.device, ours: bool, steps: int = 20, batch: int = 128,
+              spec: ModelSpec | None = None) -> float:
+    """Training steps of random data per second, in images: ours (uint8 in, normalised on the device,
+    channels-last, AMP where it pays, the training optimizer) or the seed style's. The default network
+    unless `spec` names another."""
     torch.manual_seed(0)
-    model = create_model(preset_spec())
+    model = create_model(spec or preset_spec())
     fmt = memory_format(device) if ours else torch.contiguous_format
     model.to(device, memory_format=fmt)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    optimizer = sgd(model, TrainSettings()) if ours else torch.optim.SGD(
+        model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
     labels = torch.randint(0, 10, (batch,), device=device)
     amp_dtype = Runtime().amp_dtype(device) if ours else None

@@ -15,10 +15,8 @@ all) and differs from cifarnet-ds, the default when they were measured, in one i
 - `deep_c2`: measured against `cifarnet-ds48`, the default since: a second residual pair at 16x16, paid
   for by a narrower C4 (136): widths (48, 96, 128, 136).
 - `c4_at_8x8`: `cifarnet-ds48` with C4 at 8x8 instead of 4x4 (its first convolution has stride 1): the same
-  196,538 parameters, more compute per parameter where it is cheap. A network of this size fits its own
-  training images only to about 96% (the shipped checkpoint, `cifar eval --images train --no-tta`: 95.81%,
-  against 90.54% on the test set), so it is short of capacity as much as of regularisation. Measured
-  with lookahead: level with the default (92.26% against 92.20% held-out), not kept.
+  196,538 parameters, more compute per parameter where it is cheap, for a network that does not fit its
+  own training images (results/experiments.md). With lookahead: level with the default, not kept.
 """
 
 from __future__ import annotations

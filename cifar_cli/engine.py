@@ -288,6 +288,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def sgd(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD:
+    """The training optimizer: Nesterov SGD at the peak lr, weight decay as `param_groups` spreads it."""
+    return torch.optim.SGD(param_groups(model, settings.weight_decay), lr=settings.lr,
+                           momentum=settings.momentum, nesterov=True)
+
+
 class ShadowWeights:
     """A second copy of a network's weights and BatchNorm statistics, kept beside the trained one; it is
     what is evaluated and saved, and the trained weights stay in last.safetensors for --resume."""
@@ -406,8 +412,7 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     shadow = shadow_weights(model, settings, total_steps)
     if shadow is not None and resume is not None:
         shadow.model.load_state_dict(model_from_checkpoint(resume, given=spec).state_dict())
-    optimizer = torch.optim.SGD(param_groups(model, settings.weight_decay), lr=settings.lr,
-                                momentum=settings.momentum, nesterov=True)
+    optimizer = sgd(model, settings)
     scheduler = (schedule or one_cycle(settings))(optimizer, total_steps)
     amp_dtype = runtime.amp_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

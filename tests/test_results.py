@@ -145,12 +145,13 @@ def test_eval_judges_the_training_images_when_asked(trained_run: Path, tiny_data
         return json.loads(result.stdout)
 
     train, test = report("--images", "train", "--no-tta"), report()
-    for figures, split in ((train, load_split(tiny_data, train=True)), (test, load_split(tiny_data, train=False))):
+    train_split = load_split(tiny_data, train=True)
+    for figures, split in ((train, train_split), (test, load_split(tiny_data, train=False))):
         assert figures["images"] == len(split)
         assert np.array_equal(np.sum(figures["confusion"], axis=1), np.bincount(split.labels, minlength=10))
     assert (train["images_from"], test["images_from"], train["tta"], test["tta"]) == ("train", "test", False, True)
     network = model_from_checkpoint(load_checkpoint(trained_run / "last.safetensors"))
-    assert train["accuracy"] == evaluate(network, load_split(tiny_data, train=True), CPU).accuracy
+    assert train["accuracy"] == evaluate(network, train_split, CPU).accuracy
     text = cli("eval", trained_run / "last.safetensors", "--images", "train", "--data-dir", tiny_data)
     assert text.exit_code == 0 and "train images 300 + mirror images" in text.stdout
     assert cli("eval", "--images", "val", "--data-dir", tiny_data).exit_code == 2
