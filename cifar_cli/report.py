@@ -148,15 +148,18 @@ def write_training_curves(history: list[EpochRecord], path: Path, title: str = "
     if not history:
         raise CifarError("nothing to draw: the history has no epochs")
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     epochs = [r.epoch for r in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     series = {"train": ("train", "tab:blue"), "val": ("held-out", "tab:green"), "test": ("test", "tab:orange")}
+    marker = "o" if len(history) <= 10 else None  # a line needs two epochs; a short run's points must show
     for prefix, (label, color) in series.items():
         losses = [getattr(r, f"{prefix}_loss") for r in history]
         if any(v is None for v in losses):
             continue
-        loss_ax.plot(epochs, losses, label=label, color=color)
-        acc_ax.plot(epochs, [100 * getattr(r, f"{prefix}_acc") for r in history], label=label, color=color)
+        style = {"label": label, "color": color, "marker": marker, "markersize": 4}
+        loss_ax.plot(epochs, losses, **style)
+        acc_ax.plot(epochs, [100 * getattr(r, f"{prefix}_acc") for r in history], **style)
     summed = headline(history)  # test accuracy, or held-out where the run left the test set out
     color = series[summed.key.removesuffix("_acc")][1]
     final, best = history[-1], max(history, key=summed.of)
@@ -170,6 +173,8 @@ def write_training_curves(history: list[EpochRecord], path: Path, title: str = "
     low = min(100 * min(r.train_acc, summed.of(r)) for r in history[len(history) // 4:])
     acc_ax.set_ylim(max(0.0, low - 5), 100)
     for ax in (loss_ax, acc_ax):
+        ax.set_xlim(epochs[0] - 1, epochs[-1] + 1)  # room for whole-epoch ticks, even around a single epoch
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     if title:

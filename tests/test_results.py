@@ -173,6 +173,21 @@ def test_plot_draws_the_curves_of_a_run(trained_run: Path, tmp_path: Path) -> No
     assert_clean_error(cli("plot", tmp_path / "missing"), "history not found")
 
 
+def test_plot_of_a_one_epoch_run_shows_its_points(tmp_path: Path) -> None:
+    """A line needs two epochs: a run stopped after one must still show where it got to."""
+    row = {"epoch": 1, "train_loss": 1.86, "train_acc": 0.352, "test_loss": 1.40, "test_acc": 0.504,
+           "lr": 0.05, "seconds": 66.0, "images": 50000}
+    (tmp_path / "history.json").write_text(json.dumps([row]))
+    assert cli("plot", tmp_path / "history.json").exit_code == 0
+    with Image.open(tmp_path / "curves.png") as picture:
+        pixels = np.asarray(picture.convert("RGB")).astype(int)
+    train_blue = np.abs(pixels - (31, 119, 180)).sum(axis=-1) < 60  # matplotlib's tab:blue, the train series
+    columns = np.nonzero(train_blue.any(axis=0))[0]
+    half = pixels.shape[1] // 2
+    for start in (0, half):  # the loss panel, the accuracy panel: the point sits mid-panel, the legend at a side
+        assert any(start + half / 3 < x < start + 2 * half / 3 for x in columns)
+
+
 def test_the_packaged_checkpoint_is_the_result_the_readme_states(tiny_data: Path) -> None:
     ckpt = load_checkpoint(PACKAGED_CHECKPOINT)
     assert PACKAGED_CHECKPOINT.stat().st_size < 1_000_000
