@@ -17,6 +17,7 @@ all) and differs from cifarnet-ds, the default when they were measured, in one i
 - `c4_at_8x8`: `cifarnet-ds48` with C4 at 8x8 instead of 4x4 (its first convolution has stride 1): the same
   196,538 parameters, more compute per parameter where it is cheap, for a network that does not fit its
   own training images (results/experiments.md). With lookahead: level with the default, not kept.
+- `deep_c2_gelu`: `deep_c2` with every ReLU replaced by GELU (airbench's activation), the same weights.
 """
 
 from __future__ import annotations
@@ -93,3 +94,12 @@ def deep_c2() -> Candidate:
 
 def c4_at_8x8() -> Candidate:
     return Candidate((48, 96, 128, 160), (1, 1, 1, 1), post=False, c4_stride=1)
+
+
+def deep_c2_gelu() -> Candidate:
+    model = deep_c2()
+    for parent in list(model.modules()):  # list: the loop replaces children while it walks
+        for name, child in parent.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(parent, name, nn.GELU())
+    return model
