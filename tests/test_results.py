@@ -17,7 +17,9 @@ import cifar_cli.checkpoint as checkpoint_module
 from cifar_cli.checkpoint import PACKAGED_CHECKPOINT, load_checkpoint, model_from_checkpoint
 from cifar_cli.data import CLASSES, Split, hold_out, load_split
 from cifar_cli.engine import evaluate, predict
+from cifar_cli.records import EpochRecord
 from cifar_cli.rules import check_rules
+from cifar_cli.run_folder import write_history
 from cifar_cli.settings import DEFAULT_MODEL, TrainSettings
 
 CPU = torch.device("cpu")
@@ -175,9 +177,8 @@ def test_plot_draws_the_curves_of_a_run(trained_run: Path, tmp_path: Path) -> No
 
 def test_plot_of_a_one_epoch_run_shows_its_points(tmp_path: Path) -> None:
     """A line needs two epochs: a run stopped after one must still show where it got to."""
-    row = {"epoch": 1, "train_loss": 1.86, "train_acc": 0.352, "test_loss": 1.40, "test_acc": 0.504,
-           "lr": 0.05, "seconds": 66.0, "images": 50000}
-    (tmp_path / "history.json").write_text(json.dumps([row]))
+    write_history(tmp_path / "history.json", [EpochRecord(epoch=1, train_loss=1.86, train_acc=0.352, test_loss=1.40,
+                                                          test_acc=0.504, lr=0.05, seconds=66.0, images=50000)])
     assert cli("plot", tmp_path / "history.json").exit_code == 0
     with Image.open(tmp_path / "curves.png") as picture:
         pixels = np.asarray(picture.convert("RGB")).astype(int)
