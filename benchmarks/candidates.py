@@ -28,7 +28,7 @@ from torch import nn
 
 from cifar_cli.models import PRESETS
 from cifar_cli.models.config import NUM_CLASSES, NetConfig
-from cifar_cli.models.layers import ConvBNReLU, Residual, SeparableConvBNReLU
+from cifar_cli.models.layers import ConvBNAct, Residual, SeparableConvBNAct
 from cifar_cli.models.net import CifarNet
 
 
@@ -37,8 +37,8 @@ class PostActivationResidual(nn.Module):
 
     def __init__(self, width: int, dilation: int = 1):
         super().__init__()
-        first = SeparableConvBNReLU(width, width, dilation=dilation)
-        last = nn.Sequential(*list(SeparableConvBNReLU(width, width, dilation=dilation))[:-1])  # ReLU: after the sum
+        first = SeparableConvBNAct(width, width, dilation=dilation)
+        last = nn.Sequential(*list(SeparableConvBNAct(width, width, dilation=dilation))[:-1])  # ReLU: after the sum
         self.body = nn.Sequential(first, last)
         nn.init.zeros_(last[2].weight)
         self.act = nn.ReLU(inplace=True)
@@ -59,13 +59,13 @@ class Candidate(nn.Module):
         def residuals(width: int, count: int, dilation: int = 1) -> list[nn.Module]:
             if post:
                 return [PostActivationResidual(width, dilation) for _ in range(count)]
-            return [Residual(SeparableConvBNReLU(width, width, dilation=dilation),
-                             SeparableConvBNReLU(width, width, dilation=dilation)) for _ in range(count)]
+            return [Residual(SeparableConvBNAct(width, width, dilation=dilation),
+                             SeparableConvBNAct(width, width, dilation=dilation)) for _ in range(count)]
 
-        self.c1 = nn.Sequential(ConvBNReLU(3, w1), *residuals(w1, pairs[0]))
-        self.c2 = nn.Sequential(ConvBNReLU(w1, w2, stride=2), *residuals(w2, pairs[1]))
-        self.c3 = nn.Sequential(SeparableConvBNReLU(w2, w3, stride=2), *residuals(w3, pairs[2], dilation=2))
-        self.c4 = nn.Sequential(SeparableConvBNReLU(w3, w4, stride=c4_stride), *residuals(w4, pairs[3]))
+        self.c1 = nn.Sequential(ConvBNAct(3, w1), *residuals(w1, pairs[0]))
+        self.c2 = nn.Sequential(ConvBNAct(w1, w2, stride=2), *residuals(w2, pairs[1]))
+        self.c3 = nn.Sequential(SeparableConvBNAct(w2, w3, stride=2), *residuals(w3, pairs[2], dilation=2))
+        self.c4 = nn.Sequential(SeparableConvBNAct(w3, w4, stride=c4_stride), *residuals(w4, pairs[3]))
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(NetConfig.dropout), nn.Linear(w4, NUM_CLASSES))
 

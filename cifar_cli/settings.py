@@ -13,7 +13,7 @@ from cifar_cli.errors import CifarError
 DEVICES = ("auto", "cuda", "cpu", "mps")  # --device choices; auto picks CUDA, then MPS, then CPU
 # --augment-on choices: auto augments on the GPU for CUDA runs (device_augment), with loader workers elsewhere
 AUGMENT_PLACES = ("auto", "device", "loader")
-DEFAULT_MODEL = "cifarnet-ds48"  # the preset --model names when not given (registered in models/presets.py)
+DEFAULT_MODEL = "cifarnet-gelu"  # the preset --model names when not given (registered in models/presets.py)
 MAX_LR = 1e6  # a learning rate beyond this is a typo, and past 3e38 it overflows float32 in the optimizer
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch.manual_seed both take it
 # Images per forward pass when evaluating or predicting. Not 1000: on the CPU that is 1.5x as slow (the test
@@ -36,7 +36,7 @@ class TrainSettings:
     seed: int = 0
     val_split: int = 0  # training images held out to judge settings by (0: train on all of them)
     ema: float = 0.0  # per-step decay of a weight average that is evaluated and saved instead (0: off)
-    lookahead: float = 0.0  # per-step decay of lookahead's slow weights at the run's end (0: off; airbench 0.95)
+    lookahead: float = 0.95  # per-step decay of lookahead's slow weights at the run's end (0: off), as airbench
     tta: bool = True  # evaluate on each image and its mirror image, averaging the logits (+0.4 pt held-out)
 
     def validate(self, train_size: int | None = None) -> None:
@@ -70,13 +70,18 @@ class TrainSettings:
     def from_dict(cls, data: Any) -> TrainSettings | None:
         """Settings as a checkpoint stored them, or None if they are not all there with the right kinds."""
         try:
-            settings = cls(**data)
+            settings = cls(**({**SETTINGS_BEFORE_THEY_EXISTED, **data}))
         except TypeError:
             return None
         return settings if _well_typed(settings) else None
 
     def with_options(self, **given: Any) -> TrainSettings:
-        """These settings with the options the user gave (None: not given) put over them."""
+        """These settings with the options the user gave (None: not given) put over them.
+
+        An average asked for (--ema) replaces lookahead unless that is given too: both are a second copy.
+        """
+        if given.get("ema") and given.get("lookahead") is None:
+            given = {**given, "lookahead": 0.0}
         return replace(self, **{k: v for k, v in given.items() if v is not None})
 
     def differences(self, other: TrainSettings) -> list[str]:
@@ -84,6 +89,9 @@ class TrainSettings:
 
 
 DEFAULTS = TrainSettings()
+# What a checkpoint that predates a setting ran with, where that differs from today's default: runs saved
+# before lookahead became the default did without it, and resuming them must not switch it on.
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"lookahead": 0.0}
 
 
 def _well_typed(settings: TrainSettings) -> bool:

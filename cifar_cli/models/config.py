@@ -16,19 +16,27 @@ from cifar_cli.data import CLASSES
 
 Config = TypeVar("Config")
 NUM_CLASSES = len(CLASSES)  # one logit per class, for every network
+ACTIVATIONS = ("relu", "gelu")  # NetConfig.activation (built by models.layers.activation_layer)
 
 
 @dataclass(frozen=True)
 class NetConfig:
-    """cifarnet-ds and cifarnet-ds48: the widths of blocks C1..C4, the classes, the dropout before the classifier."""
+    """The cifarnet presets: the widths of blocks C1..C4, the classes, the dropout before the classifier,
+    the residual pairs in each block, the activation after every BatchNorm."""
 
     widths: tuple[int, int, int, int] = (32, 64, 128, 192)
     num_classes: int = NUM_CLASSES
     dropout: float = 0.05
+    pairs: tuple[int, int, int, int] = (1, 1, 1, 1)  # checkpoints from before this field had one pair per block
+    activation: str = "relu"  # likewise ReLU
 
     def __post_init__(self) -> None:
         if not all(0 < w <= 4096 for w in self.widths):
             raise ValueError(f"widths must be four integers in 1..4096, not {list(self.widths)}")
+        if not all(0 <= p <= 16 for p in self.pairs):
+            raise ValueError(f"pairs must be four integers in 0..16, not {list(self.pairs)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
         _check_common(self.num_classes, self.dropout)
 
     def to_dict(self) -> dict[str, Any]:

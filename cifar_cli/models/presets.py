@@ -10,7 +10,14 @@ from cifar_cli.models.s9 import S9Reference
 LEGACY_MODEL = "cifarnet-ds"  # the only network cifar-cli 0.1 could train; its checkpoints name no preset
 
 
-@register_model("cifarnet-ds48", "cifarnet-ds widened to 48 channels at 32x32 (48, 96, 128, 160); the default")
+@register_model("cifarnet-gelu", "cifarnet-ds48 with a second residual pair at 16x16, C4 136 wide, GELU; the default")
+def cifarnet_gelu(
+    config: NetConfig = NetConfig(widths=(48, 96, 128, 136), pairs=(1, 2, 1, 1), activation="gelu"),  # noqa: B008
+) -> CifarNet:
+    return CifarNet(config)
+
+
+@register_model("cifarnet-ds48", "cifarnet-ds widened to 48 channels at 32x32 (48, 96, 128, 160); the second default")
 def cifarnet_ds48(config: NetConfig = NetConfig(widths=(48, 96, 128, 160))) -> CifarNet:  # noqa: B008 - frozen
     return CifarNet(config)
 
