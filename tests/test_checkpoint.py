@@ -81,6 +81,16 @@ def test_a_preset_fills_settings_a_file_leaves_out_from_its_own() -> None:
     assert spec == preset_spec("cifarnet-ds48") and spec.config["widths"] == [48, 96, 128, 160]
 
 
+def test_checkpoints_of_the_second_default_network_still_load() -> None:
+    """cifarnet-ds48 files predate NetConfig's pairs and activation: they stay one pair per block, ReLU."""
+    written_then = {"widths": [48, 96, 128, 160], "num_classes": 10, "dropout": 0.05}
+    spec = ModelSpec.from_dict({"name": "cifarnet-ds48", "config": written_then})
+    assert spec == preset_spec("cifarnet-ds48") != preset_spec()
+    model = create_model(spec)
+    assert sum(p.numel() for p in model.parameters()) == 196_538
+    assert not any(isinstance(m, torch.nn.GELU) for m in model.modules())
+
+
 def test_write_is_atomic(saved: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch) -> None:
     path, model = saved
     before = path.read_bytes()
@@ -128,6 +138,11 @@ def _bad_files(saved_path: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     meta = _metadata(saved_path) | {"model": json.dumps(narrow)}
     save_file({f"model.{k}": v for k, v in state.model_state.items()}, wrong_widths, metadata=meta)
     files["wrong_widths"] = (wrong_widths, "does not match")
+    odd_activation = tmp / "odd_activation.safetensors"
+    named = {"name": "cifarnet-ds", "config": {"activation": "__import__('os').system"}}
+    meta = _metadata(saved_path) | {"model": json.dumps(named)}
+    save_file({f"model.{k}": v for k, v in state.model_state.items()}, odd_activation, metadata=meta)
+    files["odd_activation"] = (odd_activation, "activation must be one of relu, gelu")
     bad_json = tmp / "bad_json.safetensors"
     save_file({f"model.{k}": v for k, v in state.model_state.items()}, bad_json,
               metadata=_metadata(saved_path) | {"metrics": "{not json"})

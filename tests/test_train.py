@@ -127,6 +127,20 @@ def test_bad_train_options_fail_cleanly(tiny_data: Path, tmp_path: Path) -> None
                        "CIFAR-10 not found", "--download", str(tmp_path / "nowhere"))
 
 
+def test_a_weight_average_replaces_the_default_lookahead(tiny_data: Path, tmp_path: Path) -> None:
+    """Lookahead is on by default; --ema alone asks for the other second copy, and gets it instead."""
+    result = cli("train", "--epochs", "1", "--ema", "0.9", "--data-dir", tiny_data, "--out", tmp_path / "run",
+                 *TRAIN_ARGS)
+    assert result.exit_code == 0, result.stderr
+    saved = json.loads((tmp_path / "run" / "settings.json").read_text())["settings"]
+    assert (saved["ema"], saved["lookahead"]) == (0.9, 0.0)
+
+
+def test_a_run_saved_before_lookahead_was_a_default_resumes_without_it() -> None:
+    saved_then = {k: v for k, v in TrainSettings(lookahead=0.0).to_dict().items() if k != "lookahead"}
+    assert TrainSettings.from_dict(saved_then) == TrainSettings(lookahead=0.0)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_device_cuda_without_cuda_fails_cleanly(tiny_data: Path, tmp_path: Path) -> None:
     assert_clean_error(cli("train", "--device", "cuda", "--data-dir", tiny_data, "--out", tmp_path),
