@@ -18,7 +18,11 @@ all) and differs from cifarnet-ds, the default when they were measured, in one i
   196,538 parameters, more compute per parameter where it is cheap, for a network that does not fit its
   own training images (results/experiments.md). With lookahead: level with the default, not kept.
 - `deep_c2_gelu`: `deep_c2` with every ReLU replaced by GELU (airbench's activation), the same weights. With
-  lookahead: the best held-out figure so far, 12% more per step (results/experiments.md).
+  lookahead: the best held-out figure so far, 12% more per step (results/experiments.md). It is now the
+  default preset, `cifarnet-gelu`.
+
+`deep_c3`, `deep_c2` and `deep_c2_gelu` are `CifarNet` with more residual pairs since NetConfig has them
+(the same modules in the same order as when they were measured: the same weights for a seed).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class PostActivationResidual(nn.Module):
 
 class Candidate(nn.Module):
     """cifarnet-ds's layout with `pairs[i]` residual pairs in block i, plain or post-activation; C4 at 4x4
-    (`c4_stride` 2) or at 8x8 (1)."""
+    (`c4_stride` 2) or at 8x8 (1): what CifarNet cannot build."""
 
     def __init__(self, widths: tuple[int, int, int, int], pairs: tuple[int, int, int, int], post: bool,
                  c4_stride: int = 2):
@@ -85,22 +89,17 @@ def lean_deep() -> Candidate:
     return Candidate((32, 64, 128, 160), (0, 2, 2, 1), post=True)
 
 
-def deep_c3() -> Candidate:
-    return Candidate((32, 64, 128, 160), (1, 1, 2, 1), post=False)
+def deep_c3() -> CifarNet:
+    return CifarNet(NetConfig(widths=(32, 64, 128, 160), pairs=(1, 1, 2, 1)))
 
 
-def deep_c2() -> Candidate:
-    return Candidate((48, 96, 128, 136), (1, 2, 1, 1), post=False)
+def deep_c2() -> CifarNet:
+    return CifarNet(NetConfig(widths=(48, 96, 128, 136), pairs=(1, 2, 1, 1)))
 
 
 def c4_at_8x8() -> Candidate:
     return Candidate((48, 96, 128, 160), (1, 1, 1, 1), post=False, c4_stride=1)
 
 
-def deep_c2_gelu() -> Candidate:
-    model = deep_c2()
-    for parent in list(model.modules()):  # list: the loop replaces children while it walks
-        for name, child in parent.named_children():
-            if isinstance(child, nn.ReLU):
-                setattr(parent, name, nn.GELU())
-    return model
+def deep_c2_gelu() -> CifarNet:
+    return PRESETS["cifarnet-gelu"].create()
