@@ -4,7 +4,8 @@
 
 Keeps the weights and drops what only resuming needs (optimizer, run state, raw weights); measures
 the weights on the official test set with the default flip TTA and writes that figure, with the number
-of test images, into the metadata, so `cifar eval` with no path prints exactly what the file claims.
+of test images, into the metadata, so `cifar eval` with no path prints exactly what the file claims;
+the figure without TTA goes in too (`test_acc_no_tta`), for `cifar eval --no-tta`.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ def main() -> None:
 
     ckpt = load_checkpoint(args.checkpoint)
     test = load_split(args.data_dir, train=False)
-    result = evaluate(model_from_checkpoint(ckpt), test, torch.device("cpu"), classes=ckpt.classes,
-                      mean=ckpt.mean, std=ckpt.std, tta=DEFAULTS.tta)
-    metrics = {**ckpt.metrics, "test_acc": result.accuracy, "test_loss": result.loss, "test_images": len(test)}
+    result, plain = (evaluate(model_from_checkpoint(ckpt), test, torch.device("cpu"), classes=ckpt.classes,
+                              mean=ckpt.mean, std=ckpt.std, tta=tta) for tta in (DEFAULTS.tta, False))
+    metrics = {**ckpt.metrics, "test_acc": result.accuracy, "test_loss": result.loss, "test_images": len(test),
+               "test_acc_no_tta": plain.accuracy}
     save_checkpoint(args.out, replace(weights_only(ckpt), metrics=metrics))
     print(f"{args.out}: {ckpt.model.describe()}, epoch {ckpt.epoch}, test accuracy {100 * result.accuracy:.2f}% "
-          f"on {len(test):,} images (flip TTA {'on' if DEFAULTS.tta else 'off'})")
+          f"on {len(test):,} images (flip TTA {'on' if DEFAULTS.tta else 'off'}), "
+          f"{100 * plain.accuracy:.2f}% without TTA")
 
 
 if __name__ == "__main__":
