@@ -41,6 +41,7 @@ def main() -> None:
                               mean=ckpt.mean, std=ckpt.std, tta=tta) for tta in (DEFAULTS.tta, False))
     metrics = {**ckpt.metrics, "test_acc": result.accuracy, "test_loss": result.loss, "test_images": len(test),
                "test_acc_no_tta": plain.accuracy}
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # replacing the shipped file starts from `git rm`
     save_checkpoint(args.out, replace(weights_only(ckpt), metrics=metrics))
     print(f"{args.out}: {ckpt.model.describe()}, epoch {ckpt.epoch}, test accuracy {100 * result.accuracy:.2f}% "
           f"on {len(test):,} images (flip TTA {'on' if DEFAULTS.tta else 'off'}), "
