@@ -37,8 +37,9 @@ def main() -> None:
 
     ckpt = load_checkpoint(args.checkpoint)
     test = load_split(args.data_dir, train=False)
-    result, plain = (evaluate(model_from_checkpoint(ckpt), test, torch.device("cpu"), classes=ckpt.classes,
-                              mean=ckpt.mean, std=ckpt.std, tta=tta) for tta in (DEFAULTS.tta, False))
+    model = model_from_checkpoint(ckpt)
+    result, plain = (evaluate(model, test, torch.device("cpu"), classes=ckpt.classes, mean=ckpt.mean, std=ckpt.std,
+                              tta=tta) for tta in (DEFAULTS.tta, False))
     metrics = {**ckpt.metrics, "test_acc": result.accuracy, "test_loss": result.loss, "test_images": len(test),
                "test_acc_no_tta": plain.accuracy}
     args.out.parent.mkdir(parents=True, exist_ok=True)  # replacing the shipped file starts from `git rm`

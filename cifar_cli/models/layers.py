@@ -7,9 +7,9 @@ from torch import nn
 
 
 def activation_layer(name: str) -> nn.Module:
-    """"relu" or "gelu" (NetConfig.activation; its check names the choices)."""
+    """One of config.ACTIVATIONS (NetConfig checks the name before a network is built)."""
     # ReLU in place saves a 32x32 activation per layer; GELU needs its input for the backward pass.
-    return nn.GELU() if name == "gelu" else nn.ReLU(inplace=True)
+    return {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU}[name]()
 
 
 class ConvBNAct(nn.Sequential):
