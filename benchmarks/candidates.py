@@ -21,6 +21,13 @@ all) and differs from cifarnet-ds, the default when they were measured, in one i
   lookahead: the best held-out figure so far, 12% more per step (results/experiments.md). It is now the
   default preset, `cifarnet-gelu`.
 
+- `deep16`, `deep8`, `deep32`, `deep16_8`, `deep16x4`: `cifarnet-gelu` (the default since) with C2's
+  strided entry depthwise-separable as well (`NetConfig.separable_c2`: 5,232 weights instead of 41,472),
+  the weights saved spent on depth: a third pair at 16x16 (`deep16`), a second at 8x8 (`deep8`), a second
+  at 32x32 (`deep32`), both of the first two with C3 and C4 narrower (`deep16_8`), a fourth pair at
+  16x16 with C4 narrower (`deep16x4`). Measured side by side on a GPU: none led the default
+  (results/experiments.md).
+
 `deep_c3`, `deep_c2` and `deep_c2_gelu` are `CifarNet` with more residual pairs since NetConfig has them
 (the same modules in the same order as when they were measured: the same weights for a seed).
 """
@@ -103,3 +110,27 @@ def c4_at_8x8() -> Candidate:
 
 def deep_c2_gelu() -> CifarNet:
     return PRESETS["cifarnet-gelu"].create()
+
+
+def _separable_c2(widths: tuple[int, int, int, int], pairs: tuple[int, int, int, int]) -> CifarNet:
+    return CifarNet(NetConfig(widths=widths, pairs=pairs, activation="gelu", separable_c2=True))
+
+
+def deep16() -> CifarNet:
+    return _separable_c2((48, 96, 128, 136), (1, 3, 1, 1))
+
+
+def deep8() -> CifarNet:
+    return _separable_c2((48, 96, 128, 136), (1, 2, 2, 1))
+
+
+def deep32() -> CifarNet:
+    return _separable_c2((48, 96, 128, 136), (2, 2, 1, 1))
+
+
+def deep16_8() -> CifarNet:
+    return _separable_c2((48, 96, 112, 128), (1, 3, 2, 1))
+
+
+def deep16x4() -> CifarNet:
+    return _separable_c2((48, 96, 128, 120), (1, 4, 1, 1))

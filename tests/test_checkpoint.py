@@ -82,7 +82,8 @@ def test_a_preset_fills_settings_a_file_leaves_out_from_its_own() -> None:
 
 
 def test_checkpoints_of_the_second_default_network_still_load() -> None:
-    """cifarnet-ds48 files predate NetConfig's pairs and activation: they stay one pair per block, ReLU."""
+    """cifarnet-ds48 files predate NetConfig's pairs, activation and separable_c2: they stay one pair per
+    block, ReLU and a full 3x3 entry into C2."""
     written_then = {"widths": [48, 96, 128, 160], "num_classes": 10, "dropout": 0.05}
     spec = ModelSpec.from_dict({"name": "cifarnet-ds48", "config": written_then})
     assert spec == preset_spec("cifarnet-ds48") != preset_spec()

@@ -22,13 +22,14 @@ ACTIVATIONS = ("relu", "gelu")  # NetConfig.activation (built by models.layers.a
 @dataclass(frozen=True)
 class NetConfig:
     """The cifarnet presets: the widths of blocks C1..C4, the classes, the dropout before the classifier,
-    the residual pairs in each block, the activation after every BatchNorm."""
+    the residual pairs in each block, the activation after every BatchNorm, C2's kind of entry."""
 
     widths: tuple[int, int, int, int] = (32, 64, 128, 192)
     num_classes: int = NUM_CLASSES
     dropout: float = 0.05
     pairs: tuple[int, int, int, int] = (1, 1, 1, 1)  # checkpoints from before this field had one pair per block
     activation: str = "relu"  # likewise ReLU
+    separable_c2: bool = False  # C2's strided entry depthwise-separable too; before this field, a full 3x3
 
     def __post_init__(self) -> None:
         if not all(0 < w <= 4096 for w in self.widths):

@@ -29,7 +29,9 @@ class CifarNet(nn.Module):
                     for _ in range(config.pairs[block])]
 
         self.c1 = nn.Sequential(ConvBNAct(3, w1, activation=act), *pairs(0, w1))
-        self.c2 = nn.Sequential(ConvBNAct(w1, w2, stride=2, activation=act), *pairs(1, w2))
+        # A full 3x3 entry into C2 holds 9*w1*w2 weights (41,472 at 48->96); separable, ~8x fewer.
+        c2_entry = SeparableConvBNAct if config.separable_c2 else ConvBNAct
+        self.c2 = nn.Sequential(c2_entry(w1, w2, stride=2, activation=act), *pairs(1, w2))
         self.c3 = nn.Sequential(SeparableConvBNAct(w2, w3, stride=2, activation=act), *pairs(2, w3, dilation=2))
         self.c4 = nn.Sequential(SeparableConvBNAct(w3, w4, stride=2, activation=act), *pairs(3, w4))
         self.gap = nn.AdaptiveAvgPool2d(1)
