@@ -28,11 +28,17 @@ all) and differs from cifarnet-ds, the default when they were measured, in one i
   16x16 with C4 narrower (`deep16x4`). Measured side by side on a GPU: none led the default
   (results/experiments.md).
 
+- `whitened`: `cifarnet-gelu` whose first convolution is fixed to +- the 24 strongest whitening
+  directions of 3x3 patches of the first 5,000 training images (`NetConfig.whitened_stem`; airbench's
+  first layer), never trained: the same parameters, set from the data instead of learned.
+
 `deep_c3`, `deep_c2` and `deep_c2_gelu` are `CifarNet` with more residual pairs since NetConfig has them
 (the same modules in the same order as when they were measured: the same weights for a seed).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -134,3 +140,7 @@ def deep16_8() -> CifarNet:
 
 def deep16x4() -> CifarNet:
     return _separable_c2((48, 96, 128, 120), (1, 4, 1, 1))
+
+
+def whitened() -> CifarNet:
+    return CifarNet(dataclasses.replace(PRESETS["cifarnet-gelu"].default_config, whitened_stem=True))

@@ -77,6 +77,7 @@ from cifar_cli.settings import EVAL_BATCH_SIZE, TrainSettings
 # With fp16, the loss scaler skips a step whose gradients overflowed; the schedule still moves on, as it
 # must for resume to stay exact, and torch's warning about that order is noise here.
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning)
+INIT_IMAGES = 5000  # training images a network may set weights from (init_from_data): 4.5M 3x3 patches
 LOG_EVERY = 10  # steps between the loop's reads of the device (progress, stop and divergence checks)
 
 # --- evaluation --------------------------------------------------------------------------------------
@@ -288,6 +289,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def init_from_data(model: nn.Module, split: Split) -> None:
+    """A network that sets weights from the data (a whitened stem) gets the first INIT_IMAGES training
+    images, un-augmented and normalised, through its `init_from_images`, before the first step."""
+    init = getattr(model, "init_from_images", None)
+    if callable(init):
+        init(to_device(torch.from_numpy(split.images[:INIT_IMAGES]).permute(0, 3, 1, 2), torch.device("cpu")))
+
+
 def sgd(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD:
     """The training optimizer: Nesterov SGD at the peak lr, weight decay as `param_groups` spreads it."""
     return torch.optim.SGD(param_groups(model, settings.weight_decay), lr=settings.lr,
@@ -406,6 +415,8 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     and the epoch's batches."""
     torch.manual_seed(settings.seed)
     model = model_from_checkpoint(resume, raw=True, given=spec) if resume is not None else create_model(spec)
+    if resume is None:
+        init_from_data(model, train_split)
     model.to(device, memory_format=memory_format(device))
     plan = EpochBatches(len(train_split), settings.batch_size, settings.seed, dist.rank, dist.world)
     total_steps = settings.epochs * plan.batches_per_epoch()

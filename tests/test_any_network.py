@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TRAIN_ARGS, assert_clean_error, cli, safetensors_header, write_network
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from cifar_cli.augment import normalize
 from cifar_cli.data import load_split
 from cifar_cli.models import PRESETS, create_model, preset_spec
+from cifar_cli.models.layers import whitening_filters
 
 # A student's own network that keeps every rule: C1..C4, BatchNorm, a depthwise-separable and a dilated
 # convolution, no max-pooling, global average pooling, receptive field 51.
@@ -219,9 +222,32 @@ CANDIDATES = Path(__file__).parent.parent / "benchmarks" / "candidates.py"
 
 
 @pytest.mark.parametrize("name", ["wide48", "post_activation", "lean_deep", "deep_c3", "deep_c2", "c4_at_8x8",
-                                  "deep_c2_gelu", "deep16", "deep8", "deep32", "deep16_8", "deep16x4"])
+                                  "deep_c2_gelu", "deep16", "deep8", "deep32", "deep16_8", "deep16x4", "whitened"])
 def test_the_experiments_candidate_networks_keep_every_rule(name: str) -> None:
     # results/experiments.md compares these networks with the default: the comparison is only fair to
     # a student if each of them would be accepted by the assignment too.
     summary = json.loads(cli("summary", "--model", f"{CANDIDATES}:{name}", "--json").stdout)
     assert summary["passed"] and summary["parameters"] < 200_000, summary["rules"]
+
+
+def test_a_whitened_stem_is_set_from_the_training_images_and_never_trained(tiny_data: Path,
+                                                                           tmp_path: Path) -> None:
+    result = cli("train", "--model", f"{CANDIDATES}:whitened", "--epochs", "2", "--data-dir", tiny_data,
+                 "--out", tmp_path, *TRAIN_ARGS)
+    assert result.exit_code == 0, result.stderr
+    images = torch.from_numpy(load_split(tiny_data, train=True).images).permute(0, 3, 1, 2)
+    expected = whitening_filters(normalize(images), 48)
+    saved = load_file(tmp_path / "last.safetensors")
+    assert torch.equal(saved["raw.c1.0.0.weight"], expected)  # the trained copy: frozen through 2 epochs
+    assert torch.equal(saved["model.c1.0.0.weight"], expected)  # the lookahead copy that is evaluated
+
+
+def test_whitening_filters_decorrelate_the_patches_they_were_made_from() -> None:
+    torch.manual_seed(0)
+    mix = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.6, 0.5], [0.0, 0.0, 0.4]])  # correlated colour channels
+    images = torch.einsum("dc,nchw->ndhw", mix, torch.randn(64, 3, 16, 16)).cumsum(3)  # and neighbours
+    filters = whitening_filters(images, 48)
+    assert filters.shape == (48, 3, 3, 3) and torch.equal(filters[24:], -filters[:24])
+    responses = F.conv2d(images, filters[:24]).permute(0, 2, 3, 1).reshape(-1, 24).double()
+    moments = responses.T @ responses / len(responses)
+    assert torch.allclose(moments, torch.eye(24, dtype=torch.float64), atol=0.05)

@@ -237,3 +237,16 @@ def test_the_device_augmentation_path_resumes_mid_epoch_to_the_same_run(splits: 
     assert _history(tmp_path / "whole") != _history(reference)  # other random draws: it really ran
     assert whole.history[-1].test_acc > 0.5  # and it learns (10 classes: chance is 0.1)
     assert json.loads((tmp_path / "whole" / "settings.json").read_text())["augment_on"] == "device"
+
+
+def test_a_run_with_a_whitened_stem_resumes_to_the_same_run(splits: tuple, tmp_path: Path) -> None:
+    """A frozen stem has no optimizer state; the resumed run must still be the uninterrupted one."""
+    spec = resolve_model(f"{Path(__file__).parent.parent / 'benchmarks' / 'candidates.py'}:whitened")
+    settings = TrainSettings(epochs=2, batch_size=16, lr=0.05, seed=2)
+    train(settings, *splits, tmp_path / "whole", CPU, model_spec=spec)
+    with pytest.raises(TrainingInterrupted):
+        train(settings, *splits, tmp_path / "cut", CPU, model_spec=spec,
+              observer=SignalAt(signal.SIGINT, epoch=1, step=10))
+    cut_mid_epoch = load_checkpoint(tmp_path / "cut" / "last.safetensors")
+    train(settings, *splits, tmp_path / "cut", CPU, model_spec=spec, resume=cut_mid_epoch)
+    _assert_same_run(tmp_path / "cut", tmp_path / "whole")

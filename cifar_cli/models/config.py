@@ -22,7 +22,8 @@ ACTIVATIONS = ("relu", "gelu")  # NetConfig.activation (built by models.layers.a
 @dataclass(frozen=True)
 class NetConfig:
     """The cifarnet presets: the widths of blocks C1..C4, the classes, the dropout before the classifier,
-    the residual pairs in each block, the activation after every BatchNorm, C2's kind of entry."""
+    the residual pairs in each block, the activation after every BatchNorm, C2's kind of entry, whether
+    the first convolution is learned or set from the data."""
 
     widths: tuple[int, int, int, int] = (32, 64, 128, 192)
     num_classes: int = NUM_CLASSES
@@ -30,12 +31,16 @@ class NetConfig:
     pairs: tuple[int, int, int, int] = (1, 1, 1, 1)  # checkpoints from before this field had one pair per block
     activation: str = "relu"  # likewise ReLU
     separable_c2: bool = False  # C2's strided entry depthwise-separable too; before this field, a full 3x3
+    whitened_stem: bool = False  # C1's first conv fixed to the training patches' whitening; before: learned
 
     def __post_init__(self) -> None:
         if not all(0 < w <= 4096 for w in self.widths):
             raise ValueError(f"widths must be four integers in 1..4096, not {list(self.widths)}")
         if not all(0 <= p <= 16 for p in self.pairs):
             raise ValueError(f"pairs must be four integers in 0..16, not {list(self.pairs)}")
+        if self.whitened_stem and not (self.widths[0] % 2 == 0 and self.widths[0] <= 2 * 27):
+            raise ValueError(f"a whitened stem needs an even C1 width up to 54 (two filters per direction of a "
+                             f"3x3x3 patch), not {self.widths[0]}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {self.activation!r}")
         _check_common(self.num_classes, self.dropout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -46,3 +47,20 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
+
+
+def whitening_filters(images: torch.Tensor, count: int, eps: float = 5e-4) -> torch.Tensor:
+    """`count` 3x3 filters: +- the count/2 strongest whitening directions of the images' 3x3 patches.
+
+    Each direction is an eigenvector of the patches' second-moment matrix over the square root of its
+    eigenvalue, so the filters' responses have unit variance and no correlation: the first layer starts
+    out seeing every kind of local contrast equally (airbench's first layer). `eps` keeps the weakest
+    directions from being blown up; the sign pair lets the activation keep both halves of each.
+    """
+    channels = images.shape[1]
+    patches = F.unfold(images.double(), 3).transpose(1, 2).reshape(-1, channels * 9)
+    values, vectors = torch.linalg.eigh(patches.T @ patches / len(patches))  # eigenvalues ascending
+    half = count // 2
+    strongest = vectors[:, -half:].flip(1).T / torch.sqrt(values[-half:].flip(0)[:, None] + eps)
+    filters = strongest.float().view(half, channels, 3, 3)
+    return torch.cat([filters, -filters])

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from cifar_cli.models.config import NetConfig
-from cifar_cli.models.layers import ConvBNAct, Residual, SeparableConvBNAct
+from cifar_cli.models.layers import ConvBNAct, Residual, SeparableConvBNAct, whitening_filters
 
 
 class CifarNet(nn.Module):
@@ -36,6 +36,18 @@ class CifarNet(nn.Module):
         self.c4 = nn.Sequential(SeparableConvBNAct(w3, w4, stride=2, activation=act), *pairs(3, w4))
         self.gap = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(config.dropout), nn.Linear(w4, config.num_classes))
+        if config.whitened_stem:
+            self.stem.weight.requires_grad_(False)  # set from the data by init_from_images, never trained
+
+    @property
+    def stem(self) -> nn.Conv2d:
+        return self.c1[0][0]
+
+    def init_from_images(self, images: torch.Tensor) -> None:
+        """Called once by a fresh run, before its first step, with normalised training images."""
+        if self.config.whitened_stem:
+            with torch.no_grad():
+                self.stem.weight.copy_(whitening_filters(images, self.stem.out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.gap(self.c4(self.c3(self.c2(self.c1(x))))))
