@@ -144,6 +144,11 @@ def _bad_files(saved_path: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     meta = _metadata(saved_path) | {"model": json.dumps(named)}
     save_file({f"model.{k}": v for k, v in state.model_state.items()}, odd_activation, metadata=meta)
     files["odd_activation"] = (odd_activation, "activation must be one of relu, gelu")
+    odd_stem = tmp / "odd_stem.safetensors"
+    named = {"name": "cifarnet-ds", "config": {"widths": [33, 64, 128, 192], "whitened_stem": True}}
+    meta = _metadata(saved_path) | {"model": json.dumps(named)}
+    save_file({f"model.{k}": v for k, v in state.model_state.items()}, odd_stem, metadata=meta)
+    files["odd_stem"] = (odd_stem, "a whitened stem needs an even C1 width up to 54")
     bad_json = tmp / "bad_json.safetensors"
     save_file({f"model.{k}": v for k, v in state.model_state.items()}, bad_json,
               metadata=_metadata(saved_path) | {"metrics": "{not json"})
