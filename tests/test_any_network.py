@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TRAIN_ARGS, assert_clean_error, cli, safetensors_header, write_network
+from conftest import CANDIDATES, TRAIN_ARGS, assert_clean_error, cli, safetensors_header, write_network
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -216,9 +216,6 @@ def test_s9_reference_trains_and_evaluates_from_the_file_alone(tiny_data: Path, 
                       ["test_acc"])
     assert_clean_error(cli("eval", tmp_path / "best.safetensors", "--model", "cifarnet-ds", "--data-dir", tiny_data),
                        "holds s9-reference, not cifarnet-ds")
-
-
-CANDIDATES = Path(__file__).parent.parent / "benchmarks" / "candidates.py"
 
 
 @pytest.mark.parametrize("name", ["wide48", "post_activation", "lean_deep", "deep_c3", "deep_c2", "c4_at_8x8",

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    CANDIDATES,
     TURN_NON_FINITE,
     SignalAt,
     assert_clean_error,
@@ -241,7 +242,7 @@ def test_the_device_augmentation_path_resumes_mid_epoch_to_the_same_run(splits: 
 
 def test_a_run_with_a_whitened_stem_resumes_to_the_same_run(splits: tuple, tmp_path: Path) -> None:
     """A frozen stem has no optimizer state; the resumed run must still be the uninterrupted one."""
-    spec = resolve_model(f"{Path(__file__).parent.parent / 'benchmarks' / 'candidates.py'}:whitened")
+    spec = resolve_model(f"{CANDIDATES}:whitened")
     settings = TrainSettings(epochs=2, batch_size=16, lr=0.05, seed=2)
     train(settings, *splits, tmp_path / "whole", CPU, model_spec=spec)
     with pytest.raises(TrainingInterrupted):
