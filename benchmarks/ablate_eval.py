@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
-from cifar_cli.data import hold_out, load_split
+from cifar_cli.data import eval_split
 from cifar_cli.engine import evaluate, settings_of
+from cifar_cli.errors import CifarError
 
 
 def main() -> None:
@@ -29,9 +30,10 @@ def main() -> None:
 
     ckpt = load_checkpoint(args.checkpoint)
     settings = settings_of(ckpt)
-    if not settings.val_split:
-        raise SystemExit("this run held nothing out; train it with --val-split N")
-    _, held = hold_out(load_split(args.data_dir, train=True), settings.val_split)
+    try:
+        held = eval_split(args.data_dir, "held-out", settings.val_split)
+    except CifarError as e:  # a run that held nothing out
+        raise SystemExit(f"error: {e}") from None
     models = {"raw": model_from_checkpoint(ckpt, raw=True)}
     if ckpt.raw_state:
         # (A finished lookahead run ends with both copies equal: compare it with a run without instead.)

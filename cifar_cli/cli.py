@@ -458,9 +458,22 @@ def _load_model(path: Path | None, device: str, tta: bool | None,
     return path, ckpt, network.to(torch_device), torch_device, DEFAULTS.tta if tta is None else tta
 
 
+def _held_out_count(ckpt: Checkpoint) -> int | None:
+    """How many training images the checkpoint's run held out: a resumable file records its settings; a
+    weights-only one (best.safetensors, a packaged file) only shows, by a held-out figure, that it held
+    some out (None)."""
+    from cifar_cli.settings import TrainSettings
+
+    run = TrainSettings.from_dict((ckpt.train_state or {}).get("settings"))
+    if run is not None:
+        return run.val_split
+    return None if "val_acc" in ckpt.metrics else 0
+
+
 class EvalImages(str, Enum):
     test = "test"
     train = "train"
+    held_out = "held-out"
 
 
 @app.command("eval")
@@ -477,23 +490,25 @@ def eval_command(
     tta: TTA = None,
     model: ModelOption = None,
     images: Annotated[EvalImages, typer.Option(
-        "--images", help="The test set, or the training images without augmentation: how closely the "
-                         "network fits what it learned from, next to how well it generalises.")
+        "--images", help="The test set; the training images it learned from, without augmentation (how closely "
+                         "the network fits them, next to how well it generalises); or the images a --val-split "
+                         "run held out (from its last.safetensors).")
     ] = EvalImages.test,
     as_json: Json = False,
 ) -> None:
     """Loss, accuracy, per-class results and the confusion matrix of a checkpoint on the test set
-    (with --images train: on the training images, un-augmented).
+    (with --images train: on the training images it learned from, un-augmented; --images held-out: on
+    those its --val-split run held out).
 
     A checkpoint of a preset rebuilds its network from the file alone; one of your own network needs
     --model FILE.py:NAME again (a checkpoint is never a reason to import code).
     """
-    from cifar_cli.data import load_split
+    from cifar_cli.data import eval_split
     from cifar_cli.engine import evaluate
     from cifar_cli.report import confusion_table, per_class_table
 
     checkpoint, ckpt, network, torch_device, tta = _load_model(checkpoint, device, tta, model)
-    split = load_split(_data_dir(data_dir), train=images is EvalImages.train, download_missing=download)
+    split = eval_split(_data_dir(data_dir), images.value, _held_out_count(ckpt), download)
     result = evaluate(network, split, torch_device, batch_size=batch_size, classes=ckpt.classes,
                       mean=ckpt.mean, std=ckpt.std, tta=tta)
     if as_json:

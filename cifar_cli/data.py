@@ -183,6 +183,27 @@ def hold_out(split: Split, count: int) -> tuple[Split, Split]:
     return (Split(split.images[rest], split.labels[rest]), Split(split.images[held], split.labels[held]))
 
 
+def eval_split(data_dir: Path, images: str, val_split: int | None, download_missing: bool = False) -> Split:
+    """The images `cifar eval` judges: "test", or a run's "train" images (those it learned from) or its
+    "held-out" ones, for a run that held out `val_split` images (None: some, but not known how many)."""
+    if images == "test":
+        return load_split(data_dir, train=False, download_missing=download_missing)
+    if val_split is None:
+        raise CifarError(f"--images {images} needs the run's last.safetensors: this file is from a --val-split "
+                         "run but holds weights only, so it cannot say which images were held out")
+    if images == "held-out" and not val_split:
+        raise CifarError("this run trained on every training image: --images held-out needs a run "
+                         "trained with --val-split")
+    full = load_split(data_dir, train=True, download_missing=download_missing)
+    if not val_split:
+        return full
+    if not 0 < val_split < len(full):  # a file we read may say anything
+        raise CifarError(f"the run held out {val_split:,} training images, but this data has only {len(full):,}: "
+                         "is it the data the run trained on?")
+    rest, held = hold_out(full, val_split)
+    return held if images == "held-out" else rest
+
+
 # The random streams a run draws from, each seeded by derive_seed(seed, epoch, rank, batch, STREAM).
 AUGMENT_STREAM = 0  # a batch's augmentations (EpochBatches)
 DROPOUT_STREAM = 1  # a training step's dropout masks (the engine)

@@ -159,6 +159,38 @@ def test_eval_judges_the_training_images_when_asked(trained_run: Path, tiny_data
     assert cli("eval", "--images", "val", "--data-dir", tiny_data).exit_code == 2
 
 
+def test_eval_judges_the_images_a_run_held_out_or_learned_from(trained_run: Path, tiny_data: Path,
+                                                               tmp_path: Path) -> None:
+    """A --val-split run's last.safetensors knows which images it held out: eval gives the run's own
+    held-out figure again (with or without TTA, which the run's history cannot), and --images train
+    means the images it learned from, not those it never saw."""
+    assert cli("train", "--epochs", "2", "--val-split", "50", "--data-dir", tiny_data, "--out", tmp_path,
+               "--seed", "1", *TRAIN_ARGS).exit_code == 0
+
+    def report(checkpoint: Path, *options: str) -> dict:
+        result = cli("eval", checkpoint, "--data-dir", tiny_data, "--device", "cpu", "--json", *options)
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    last = load_checkpoint(tmp_path / "last.safetensors")
+    held = report(tmp_path / "last.safetensors", "--images", "held-out")
+    assert (held["images"], held["images_from"]) == (50, "held-out")
+    assert (held["accuracy"], held["loss"]) == pytest.approx((last.metrics["val_acc"], last.metrics["val_loss"]))
+    rest, held_split = hold_out(load_split(tiny_data, train=True), 50)
+    network = model_from_checkpoint(last)
+    plain = report(tmp_path / "last.safetensors", "--images", "held-out", "--no-tta")
+    assert plain["accuracy"] == evaluate(network, held_split, CPU, tta=False).accuracy
+    learned = report(tmp_path / "last.safetensors", "--images", "train")
+    assert learned["images"] == 250 and learned["accuracy"] == evaluate(network, rest, CPU).accuracy
+
+    # Files that cannot say which images were held out are refused, with the reason.
+    for images in ("held-out", "train"):
+        assert_clean_error(cli("eval", tmp_path / "best.safetensors", "--images", images, "--data-dir", tiny_data),
+                           "last.safetensors")
+    assert_clean_error(cli("eval", trained_run / "last.safetensors", "--images", "held-out", "--data-dir",
+                           tiny_data), "--val-split")
+
+
 def test_plot_draws_the_curves_of_a_run(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "curves.png"
     result = cli("plot", trained_run, "--out", out, "--title", "tiny run")
