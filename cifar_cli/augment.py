@@ -14,17 +14,19 @@ import numpy as np
 import torch
 
 from cifar_cli.data import MEAN, STD
+from cifar_cli.settings import DEFAULTS, AugmentOdds
 
-# The pipeline's numbers, read by both implementations (this one and device_augment's torch one).
+# The pipeline's numbers, read by both implementations (this one and device_augment's torch one); how
+# often each transform applies is a run setting (TrainSettings.augment_odds), the flip's excepted.
 FLIP_P = 0.5
-AFFINE_P, SHIFT, SCALE, ROTATE = 0.5, 0.0625, (0.9, 1.1), 15.0  # ShiftScaleRotate(0.0625, 0.1, 15)
-DROPOUT_P, HOLE_SIZE = 0.5, 16
-TONE_P, BRIGHTNESS, CONTRAST = 0.5, 0.2, 0.2  # RandomBrightnessContrast
+SHIFT, SCALE, ROTATE = 0.0625, (0.9, 1.1), 15.0  # ShiftScaleRotate(0.0625, 0.1, 15)
+HOLE_SIZE = 16
+BRIGHTNESS, CONTRAST = 0.2, 0.2  # RandomBrightnessContrast
 # Borders and holes are filled with the dataset mean, in the uint8 pixel scale the pipeline runs on.
 MEAN_PIXEL: tuple[float, float, float] = tuple(255.0 * m for m in MEAN)
 
 
-def train_pipeline(seed: int | None = None) -> A.Compose:
+def train_pipeline(seed: int | None = None, odds: AugmentOdds = DEFAULTS.augment_odds) -> A.Compose:
     """The reference CIFAR-10 augmentation (before Normalize), in Albumentations 2.x argument names.
 
     Argument names matter: 2.x silently ignores the 1.x ones (max_holes, fill_value, ...).
@@ -40,16 +42,16 @@ def train_pipeline(seed: int | None = None) -> A.Compose:
                 rotate=(-ROTATE, ROTATE),
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=MEAN_PIXEL,
-                p=AFFINE_P,
+                p=odds.affine,
             ),
             A.CoarseDropout(
                 num_holes_range=(1, 1),
                 hole_height_range=(HOLE_SIZE, HOLE_SIZE),
                 hole_width_range=(HOLE_SIZE, HOLE_SIZE),
                 fill=MEAN_PIXEL,
-                p=DROPOUT_P,
+                p=odds.cutout,
             ),
-            A.RandomBrightnessContrast(brightness_limit=BRIGHTNESS, contrast_limit=CONTRAST, p=TONE_P),
+            A.RandomBrightnessContrast(brightness_limit=BRIGHTNESS, contrast_limit=CONTRAST, p=odds.tone),
         ],
         seed=seed,
     )
@@ -97,9 +99,9 @@ def describe(pipeline: A.Compose) -> list[str]:
     return [repr(t) for t in pipeline.transforms] + [f"Normalize(mean={MEAN}, std={STD}) batched on the device"]
 
 
-def preview(images: np.ndarray, labels: list[str], views: int,
-            seed: int) -> list[tuple[str, np.ndarray, list[np.ndarray]]]:
+def preview(images: np.ndarray, labels: list[str], views: int, seed: int,
+            odds: AugmentOdds = DEFAULTS.augment_odds) -> list[tuple[str, np.ndarray, list[np.ndarray]]]:
     """For each uint8 image, `views` draws of the training pipeline: the pixels the network is fed."""
-    pipeline = train_pipeline(seed=seed)
+    pipeline = train_pipeline(seed=seed, odds=odds)
     return [(label, image, [pipeline(image=image)["image"] for _ in range(views)])
             for image, label in zip(images, labels)]

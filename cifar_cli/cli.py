@@ -210,11 +210,14 @@ def augment_preview(
     image: Annotated[list[Path] | None, typer.Option(
         "--image", help="Use this picture instead of the dataset (repeatable).", dir_okay=False)] = None,
     seed: Seed = 0,
+    affine_p: AffineP = None,
+    cutout_p: CutoutP = None,
+    tone_p: ToneP = None,
     data_dir: DataDir = None,
     download: Download = False,
     as_json: Json = False,
 ) -> None:
-    """A PNG grid of real images and what the training pipeline makes of them."""
+    """A PNG grid of real images and what the training pipeline makes of them (with train's odds, if given)."""
     import numpy as np
 
     from cifar_cli.augment import describe, preview, train_pipeline
@@ -222,6 +225,8 @@ def augment_preview(
     from cifar_cli.files import check_output
     from cifar_cli.report import write_image_grid
 
+    settings = DEFAULTS.with_options(affine_p=affine_p, cutout_p=cutout_p, tone_p=tone_p)
+    settings.validate()
     out_file = check_output(out_file, ".png", "--out")
     if image:
         images = np.stack([load_image(p) for p in image])
@@ -230,8 +235,8 @@ def augment_preview(
         split = load_split(_data_dir(data_dir), train=True, download_missing=download)
         pick = np.random.default_rng(seed).choice(len(split), size=min(count, len(split)), replace=False)
         images, labels = split.images[pick], [CLASSES[i] for i in split.labels[pick]]
-    write_image_grid(preview(images, labels, views, seed), out_file)
-    pipeline = describe(train_pipeline())
+    write_image_grid(preview(images, labels, views, seed, settings.augment_odds), out_file)
+    pipeline = describe(train_pipeline(odds=settings.augment_odds))
     if as_json:
         _print_json({"out": str(out_file), "images": labels, "views": views, "seed": seed, "pipeline": pipeline})
     else:
@@ -281,6 +286,15 @@ def _setting_option(name: str, flag: str, help: str, kind: type = int) -> Any:
     return Annotated[kind | None, typer.Option(flag, help=help, show_default=str(getattr(DEFAULTS, name)))]
 
 
+# How often the augmentation applies each random transform: train's settings, which augment-preview shows.
+AffineP = _setting_option("affine_p", "--affine-p", "Probability of the pipeline's ShiftScaleRotate for each image "
+                          "(the assignment's reference network trained with 0.3).", float)
+CutoutP = _setting_option("cutout_p", "--cutout-p", "Probability of its CoarseDropout (one 16x16 hole filled with "
+                          "the mean).", float)
+ToneP = _setting_option("tone_p", "--tone-p", "Probability of its RandomBrightnessContrast (the reference "
+                        "network: 0.2).", float)
+
+
 @app.command()
 @_fails_cleanly
 def train(
@@ -301,6 +315,9 @@ def train(
                                "weights toward the trained ones and go on from them, keeping up to this per-step "
                                "decay by the end (ramped in as progress cubed), e.g. 0.95 (0: off). The slow "
                                "weights are evaluated and saved.", float) = None,
+    affine_p: AffineP = None,
+    cutout_p: CutoutP = None,
+    tone_p: ToneP = None,
     tta: TTA = None,
     test: Annotated[bool, typer.Option(
         "--test/--no-test", help="Evaluate the test set after each epoch. --no-test (with --val-split) leaves it "
@@ -347,7 +364,8 @@ def train(
     checkpoint = load_checkpoint(resume) if resume else None
     settings = (settings_of(checkpoint) if checkpoint else DEFAULTS).with_options(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, weight_decay=weight_decay,
-        label_smoothing=label_smoothing, ema=ema, lookahead=lookahead, tta=tta)
+        label_smoothing=label_smoothing, ema=ema, lookahead=lookahead, tta=tta, affine_p=affine_p,
+        cutout_p=cutout_p, tone_p=tone_p)
     settings.validate()
     if not test and not settings.val_split:
         raise CifarError("--no-test needs --val-split: without the test set, held-out images must judge the epochs")

@@ -27,19 +27,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from cifar_cli.augment import (
-    AFFINE_P,
-    BRIGHTNESS,
-    CONTRAST,
-    DROPOUT_P,
-    FLIP_P,
-    HOLE_SIZE,
-    MEAN_PIXEL,
-    ROTATE,
-    SCALE,
-    SHIFT,
-    TONE_P,
-)
+from cifar_cli.augment import BRIGHTNESS, CONTRAST, FLIP_P, HOLE_SIZE, MEAN_PIXEL, ROTATE, SCALE, SHIFT
+from cifar_cli.settings import DEFAULTS, AugmentOdds
 
 BORDER_FILL = tuple(int(np.round(v)) for v in MEAN_PIXEL)  # OpenCV's saturate_cast rounds the border value
 HOLE_FILL = tuple(int(v) for v in MEAN_PIXEL)  # numpy's uint8 cast truncates the hole's fill
@@ -73,18 +62,18 @@ def affine_matrix(shift: np.ndarray, scale: np.ndarray, angle: np.ndarray, size:
     return np.concatenate([linear, offset[:, :, None]], axis=2)
 
 
-def draw(count: int, seed: int, size: int = 32) -> AugmentParams:
+def draw(count: int, seed: int, size: int = 32, odds: AugmentOdds = DEFAULTS.augment_odds) -> AugmentParams:
     """The parameters of `count` images, from the distributions Albumentations samples them from."""
     rng = np.random.default_rng(seed)
     shift = np.trunc(rng.uniform(-SHIFT, SHIFT, (count, 2)) * size)  # int(): towards zero, whole pixels
     matrix = affine_matrix(shift, rng.uniform(*SCALE, (count, 2)), rng.uniform(-ROTATE, ROTATE, count), size)
     return AugmentParams(
         flip=torch.from_numpy(rng.random(count) < FLIP_P),
-        warp=torch.from_numpy(rng.random(count) < AFFINE_P),
+        warp=torch.from_numpy(rng.random(count) < odds.affine),
         matrix=torch.from_numpy(matrix),
-        hole=torch.from_numpy(rng.random(count) < DROPOUT_P),
+        hole=torch.from_numpy(rng.random(count) < odds.cutout),
         corner=torch.from_numpy(rng.integers(0, size - HOLE_SIZE + 1, (count, 2))),
-        tone=torch.from_numpy(rng.random(count) < TONE_P),
+        tone=torch.from_numpy(rng.random(count) < odds.tone),
         alpha=torch.from_numpy(1 + rng.uniform(-CONTRAST, CONTRAST, count)).float(),
         beta=torch.from_numpy(255 * rng.uniform(-BRIGHTNESS, BRIGHTNESS, count)).float(),
     )
@@ -101,9 +90,9 @@ def apply(images: torch.Tensor, p: AugmentParams) -> torch.Tensor:
     return torch.where(chosen(p.tone), adjust_tone(images, p.alpha, p.beta), images)
 
 
-def augment(images: torch.Tensor, seed: int) -> torch.Tensor:
+def augment(images: torch.Tensor, seed: int, odds: AugmentOdds = DEFAULTS.augment_odds) -> torch.Tensor:
     """Draw a batch's parameters from its seed and apply them where the images are."""
-    return apply(images, draw(len(images), seed, images.shape[-1]).to(images.device))
+    return apply(images, draw(len(images), seed, images.shape[-1], odds).to(images.device))
 
 
 @functools.lru_cache(maxsize=16)

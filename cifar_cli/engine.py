@@ -18,6 +18,7 @@ augmentation and dropout are seeded from (seed, epoch, batch), never from proces
 from __future__ import annotations
 
 import copy
+import functools
 import signal
 import time
 import warnings
@@ -442,8 +443,8 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     if runtime.compile:
         ddp_model = torch.compile(ddp_model)
     return Trainer(settings, spec, model, ddp_model, shadow.model if shadow else model, shadow, optimizer,
-                   scheduler, scaler, plan, _batches(train_split, plan, device, runtime, dist), device, dist, amp_dtype,
-                   runtime.compile)
+                   scheduler, scaler, plan, _batches(train_split, plan, settings, device, runtime, dist), device, dist,
+                   amp_dtype, runtime.compile)
 
 
 def warmup_fraction(total_steps: int) -> float:
@@ -452,14 +453,15 @@ def warmup_fraction(total_steps: int) -> float:
     return 0.25 if 0.25 * total_steps != 1 else 2 / total_steps
 
 
-def _batches(split: Split, plan: EpochBatches, device: torch.device, runtime: Runtime,
+def _batches(split: Split, plan: EpochBatches, settings: TrainSettings, device: torch.device, runtime: Runtime,
              dist: Distributed) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """The epoch's augmented uint8 batches: made on the device (CUDA), or by Albumentations in loader workers."""
+    odds = settings.augment_odds
     if runtime.augments_on_device(device):
-        return DeviceBatches(split, plan, device_augment.augment, device)
+        return DeviceBatches(split, plan, functools.partial(device_augment.augment, odds=odds), device)
     workers = runtime.loader_workers(device, dist)
     return DataLoader(
-        AugmentedBatches(split, BatchAugmenter(train_pipeline())),
+        AugmentedBatches(split, BatchAugmenter(train_pipeline(odds=odds))),
         batch_sampler=plan,
         collate_fn=_whole_batch,
         num_workers=workers,

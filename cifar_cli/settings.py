@@ -6,7 +6,7 @@ Torch-free, so the command line can read the defaults for its --help texts witho
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from cifar_cli.errors import CifarError
 
@@ -21,6 +21,14 @@ MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch.manual_seed both take it
 # ~200 MB of freshly page-faulted memory (9.7M faults against 4.5M). Not measured on a GPU. Results do not
 # depend on it.
 EVAL_BATCH_SIZE = 256
+
+
+class AugmentOdds(NamedTuple):
+    """How often the augmentation pipeline applies each of its random transforms (besides the flip)."""
+
+    affine: float  # ShiftScaleRotate
+    cutout: float  # CoarseDropout
+    tone: float  # RandomBrightnessContrast
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,10 @@ class TrainSettings:
     ema: float = 0.0  # per-step decay of a weight average that is evaluated and saved instead (0: off)
     lookahead: float = 0.95  # per-step decay of lookahead's slow weights at the run's end (0: off), as airbench
     tta: bool = True  # evaluate on each image and its mirror image, averaging the logits (+0.4 pt held-out)
+    # How often the pipeline applies each of its random transforms (the flip is always at 0.5).
+    affine_p: float = 0.5  # ShiftScaleRotate (the assignment's reference network trained with 0.3)
+    cutout_p: float = 0.5  # CoarseDropout, one 16x16 hole
+    tone_p: float = 0.5  # RandomBrightnessContrast (the reference network: 0.2)
 
     def validate(self, train_size: int | None = None) -> None:
         """Refuse impossible settings; `train_size` also bounds the held-out slice."""
@@ -60,11 +72,18 @@ class TrainSettings:
             raise CifarError(f"--ema must be a decay in [0, 1) (0 turns it off), not {self.ema}")
         if not 0 <= self.lookahead < 1:
             raise CifarError(f"--lookahead must be a decay in [0, 1) (0 turns it off), not {self.lookahead}")
+        for flag, p in (("--affine-p", self.affine_p), ("--cutout-p", self.cutout_p), ("--tone-p", self.tone_p)):
+            if not 0 <= p <= 1:  # also refuses nan
+                raise CifarError(f"{flag} must be a probability in [0, 1], not {p}")
         if self.ema and self.lookahead:
             raise CifarError("--ema and --lookahead each keep a second copy of the weights: choose one")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def augment_odds(self) -> AugmentOdds:
+        return AugmentOdds(self.affine_p, self.cutout_p, self.tone_p)
 
     @classmethod
     def from_dict(cls, data: Any) -> TrainSettings | None:
@@ -89,9 +108,10 @@ class TrainSettings:
 
 
 DEFAULTS = TrainSettings()
-# What a checkpoint that predates a setting ran with, where that differs from today's default: runs saved
-# before lookahead became the default did without it, and resuming them must not switch it on.
-SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"lookahead": 0.0}
+# What a checkpoint that predates a setting ran with: runs saved before lookahead became the default did
+# without it, and resuming them must not switch it on; those before the augmentation's odds were settings
+# ran with 0.5 each, whatever the defaults become.
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"lookahead": 0.0, "affine_p": 0.5, "cutout_p": 0.5, "tone_p": 0.5}
 
 
 def _well_typed(settings: TrainSettings) -> bool:

@@ -88,6 +88,15 @@ def test_augment_preview_takes_any_picture(tmp_path: Path) -> None:
     result = cli("augment-preview", "--image", picture, "--out", tmp_path / "p.png", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["images"] == ["photo.jpg"]
+    # It shows the pipeline a run with train's odds options would be fed.
+    result = cli("augment-preview", "--image", picture, "--out", tmp_path / "p.png", "--json", "--affine-p", "0",
+                 "--cutout-p", "0.25", "--tone-p", "1")
+    assert result.exit_code == 0, result.stderr
+    shown = [line.split(",")[0] for line in json.loads(result.stdout)["pipeline"]]
+    assert shown[:4] == ["HorizontalFlip(p=0.5)", "Affine(p=0.0", "CoarseDropout(p=0.25",
+                         "RandomBrightnessContrast(p=1.0"]
+    assert_clean_error(cli("augment-preview", "--image", picture, "--out", tmp_path / "r.png", "--tone-p", "-1"),
+                       "--tone-p")
     (tmp_path / "not-an-image.png").write_text("hello")
     assert_clean_error(cli("augment-preview", "--image", tmp_path / "not-an-image.png", "--out",
                            tmp_path / "q.png"), "cannot read image")

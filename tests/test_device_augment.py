@@ -18,6 +18,7 @@ from scipy.stats import ks_2samp
 from cifar_cli import device_augment as D
 from cifar_cli.augment import HOLE_SIZE, train_pipeline
 from cifar_cli.data import load_split
+from cifar_cli.settings import DEFAULTS, AugmentOdds
 
 
 def natural_images(count: int, seed: int = 0) -> np.ndarray:
@@ -36,9 +37,10 @@ def natural_images(count: int, seed: int = 0) -> np.ndarray:
     return images
 
 
-def albumentations_draws(images: np.ndarray, seed: int) -> tuple[np.ndarray, D.AugmentParams]:
+def albumentations_draws(images: np.ndarray, seed: int,
+                         odds: AugmentOdds = DEFAULTS.augment_odds) -> tuple[np.ndarray, D.AugmentParams]:
     """The reference pipeline's outputs, and the parameters it applied, as the torch side takes them."""
-    pipeline = train_pipeline(seed=seed)
+    pipeline = train_pipeline(seed=seed, odds=odds)
     pipeline.save_applied_params = True
     outputs, rows = [], []
     for image in images:
@@ -112,6 +114,17 @@ def test_own_draws_agree_in_distribution_with_albumentations():
         assert ks_2samp(theirs_values, mine_values).pvalue > 1e-3, name
     for name in ("alpha", "beta"):
         assert ks_2samp(getattr(theirs, name)[theirs.tone], getattr(mine, name)[mine.tone]).pvalue > 1e-3, name
+
+
+@pytest.mark.parametrize("odds", [AugmentOdds(0.3, 0.25, 0.2), AugmentOdds(0.0, 1.0, 0.0)])
+def test_both_sides_apply_each_transform_as_often_as_the_run_asks(odds: AugmentOdds):
+    images = natural_images(3000)
+    _, theirs = albumentations_draws(images, seed=8, odds=odds)
+    mine = D.draw(len(images), seed=9, odds=odds)
+    for name, p in zip(("warp", "hole", "tone"), odds):
+        for side in (theirs, mine):
+            assert abs(getattr(side, name).float().mean().item() - p) < 0.03, (name, p)
+        assert abs(theirs.flip.float().mean().item() - 0.5) < 0.03  # the flip is not a setting
 
 
 def test_albumentations_quirks_that_the_torch_side_reproduces():

@@ -124,7 +124,9 @@ def test_help_shows_every_default_from_the_settings() -> None:
     text = " ".join(cli("train", "--help").stdout.replace("│", " ").split())
     for option, name in [("Epochs to train.", "epochs"), ("one-cycle schedule.", "lr"), ("e.g. 0.999 (0: off).", "ema"),
                          ("evaluated and saved.", "lookahead"),
-                         ("BatchNorm or biases).", "weight_decay"), ("training loss (0: off).", "label_smoothing")]:
+                         ("BatchNorm or biases).", "weight_decay"), ("training loss (0: off).", "label_smoothing"),
+                         ("trained with 0.3).", "affine_p"), ("with the mean).", "cutout_p"),
+                         ("network: 0.2).", "tone_p")]:
         assert f"{option} [default: ({getattr(DEFAULTS, name)})]" in text
 
 

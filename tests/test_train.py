@@ -117,6 +117,8 @@ def test_bad_train_options_fail_cleanly(tiny_data: Path, tmp_path: Path) -> None
     assert_clean_error(cli("train", "--label-smoothing", "1", "--data-dir", tiny_data), "--label-smoothing")
     assert_clean_error(cli("train", "--weight-decay", "-0.1", "--data-dir", tiny_data), "--weight-decay")
     assert_clean_error(cli("train", "--lookahead", "1", "--data-dir", tiny_data), "--lookahead must be a decay")
+    for flag in ("--affine-p", "--cutout-p", "--tone-p"):
+        assert_clean_error(cli("train", flag, "1.5", "--data-dir", tiny_data), flag, "probability")
     assert_clean_error(cli("train", "--lookahead", "0.95", "--ema", "0.999", "--data-dir", tiny_data),
                        "--ema and --lookahead", "choose one")
     blocker = tmp_path / "a-file"
@@ -139,6 +141,28 @@ def test_a_weight_average_replaces_the_default_lookahead(tiny_data: Path, tmp_pa
 def test_a_run_saved_before_lookahead_was_a_default_resumes_without_it() -> None:
     saved_then = {k: v for k, v in TrainSettings(lookahead=0.0).to_dict().items() if k != "lookahead"}
     assert TrainSettings.from_dict(saved_then) == TrainSettings(lookahead=0.0)
+
+
+def test_the_augmentations_odds_are_a_run_setting(tiny_data: Path, tmp_path: Path) -> None:
+    """--affine-p/--cutout-p/--tone-p change what the network is fed (so its weights), are saved with the
+    run, and a resumed run keeps them."""
+    def weights(name: str, *odds: str) -> dict:
+        result = cli("train", "--epochs", "1", "--data-dir", tiny_data, "--out", tmp_path / name, *TRAIN_ARGS, *odds)
+        assert result.exit_code == 0, result.stderr
+        return load_checkpoint(tmp_path / name / "last.safetensors").model_state
+
+    plain, light = weights("plain"), weights("light", "--affine-p", "0", "--cutout-p", "0.25", "--tone-p", "0")
+    assert any(not torch.equal(plain[k], light[k]) for k in plain)
+    saved = json.loads((tmp_path / "light" / "settings.json").read_text())["settings"]
+    assert (saved["affine_p"], saved["cutout_p"], saved["tone_p"]) == (0.0, 0.25, 0.0)
+    assert_clean_error(cli("train", "--resume", tmp_path / "light" / "last.safetensors", "--cutout-p", "0.5",
+                           "--data-dir", tiny_data, "--out", tmp_path / "other"), "keeps its settings", "cutout_p")
+
+
+def test_a_run_saved_before_the_augmentations_odds_were_settings_resumes_with_the_odds_it_had() -> None:
+    odds = ("affine_p", "cutout_p", "tone_p")
+    saved_then = {k: v for k, v in TrainSettings().to_dict().items() if k not in odds}
+    assert TrainSettings.from_dict(saved_then).augment_odds == (0.5, 0.5, 0.5)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
