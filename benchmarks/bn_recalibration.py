@@ -2,7 +2,7 @@
 
 Training leaves BatchNorm's running statistics measured on augmented images, while evaluation feeds
 clean ones. This re-estimates them (an exact average, not a running one) on N of the run's training
-images, clean or through the training pipeline, and scores the run's held-out images with and without
+images, clean or through the run's training pipeline, and scores the run's held-out images with and without
 flip TTA, beside the weights as saved. The test set is not used: this is for choosing defaults.
 
     python benchmarks/bn_recalibration.py RUN/last.safetensors --data-dir ../shared/data [--images N] [--augmented]
@@ -49,15 +49,15 @@ def main() -> None:
     args = parser.parse_args()
 
     ckpt = load_checkpoint(args.checkpoint)
-    val_split = settings_of(ckpt).val_split
+    settings = settings_of(ckpt)
     try:
-        held, learned = (eval_split(args.data_dir, which, val_split) for which in ("held-out", "train"))
+        held, learned = (eval_split(args.data_dir, which, settings.val_split) for which in ("held-out", "train"))
     except CifarError as e:  # a run that held nothing out
         raise SystemExit(f"error: {e}") from None
     chosen = np.random.default_rng(0).permutation(len(learned))[:args.images]
     images = learned.images[chosen]
     if args.augmented:
-        images = BatchAugmenter(train_pipeline())(images, seed=0)
+        images = BatchAugmenter(train_pipeline(odds=settings.augment_odds))(images, seed=0)  # as the run had it
     saved = model_from_checkpoint(ckpt)
     kind = "augmented" if args.augmented else "clean"
     for name, model in (("as saved", saved), (f"{len(images):,} {kind} images", recalibrated(saved, images))):

@@ -73,7 +73,7 @@ from cifar_cli.run_folder import (
     write_settings,
 )
 from cifar_cli.runtime import Distributed, Runtime, memory_format
-from cifar_cli.settings import EVAL_BATCH_SIZE, TrainSettings
+from cifar_cli.settings import EVAL_BATCH_SIZE, AugmentOdds, TrainSettings
 
 # With fp16, the loss scaler skips a step whose gradients overflowed; the schedule still moves on, as it
 # must for resume to stay exact, and torch's warning about that order is noise here.
@@ -442,9 +442,9 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if runtime.compile:
         ddp_model = torch.compile(ddp_model)
+    batches = _batches(train_split, plan, settings.augment_odds, device, runtime, dist)
     return Trainer(settings, spec, model, ddp_model, shadow.model if shadow else model, shadow, optimizer,
-                   scheduler, scaler, plan, _batches(train_split, plan, settings, device, runtime, dist), device, dist,
-                   amp_dtype, runtime.compile)
+                   scheduler, scaler, plan, batches, device, dist, amp_dtype, runtime.compile)
 
 
 def warmup_fraction(total_steps: int) -> float:
@@ -453,10 +453,9 @@ def warmup_fraction(total_steps: int) -> float:
     return 0.25 if 0.25 * total_steps != 1 else 2 / total_steps
 
 
-def _batches(split: Split, plan: EpochBatches, settings: TrainSettings, device: torch.device, runtime: Runtime,
+def _batches(split: Split, plan: EpochBatches, odds: AugmentOdds, device: torch.device, runtime: Runtime,
              dist: Distributed) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """The epoch's augmented uint8 batches: made on the device (CUDA), or by Albumentations in loader workers."""
-    odds = settings.augment_odds
     if runtime.augments_on_device(device):
         return DeviceBatches(split, plan, functools.partial(device_augment.augment, odds=odds), device)
     workers = runtime.loader_workers(device, dist)
