@@ -13,7 +13,7 @@ from cifar_cli.errors import CifarError
 DEVICES = ("auto", "cuda", "cpu", "mps")  # --device choices; auto picks CUDA, then MPS, then CPU
 # --augment-on choices: auto augments on the GPU for CUDA runs (device_augment), with loader workers elsewhere
 AUGMENT_PLACES = ("auto", "device", "loader")
-DEFAULT_MODEL = "cifarnet-gelu"  # the preset --model names when not given (registered in models/presets.py)
+DEFAULT_MODEL = "cifarnet-whiten"  # the preset --model names when not given (registered in models/presets.py)
 MAX_LR = 1e6  # a learning rate beyond this is a typo, and past 3e38 it overflows float32 in the optimizer
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch.manual_seed both take it
 # Images per forward pass when evaluating or predicting. Not 1000: on the CPU that is 1.5x as slow (the test

@@ -10,7 +10,15 @@ from cifar_cli.models.s9 import S9Reference
 LEGACY_MODEL = "cifarnet-ds"  # the only network cifar-cli 0.1 could train; its checkpoints name no preset
 
 
-@register_model("cifarnet-gelu", "cifarnet-ds48 with a second residual pair at 16x16, C4 136 wide, GELU; the default")
+@register_model("cifarnet-whiten", "cifarnet-gelu, its first convolution fixed to the patches' whitening; the default")
+def cifarnet_whiten(
+    config: NetConfig = NetConfig(  # noqa: B008 - frozen
+        widths=(48, 96, 128, 136), pairs=(1, 2, 1, 1), activation="gelu", whitened_stem=True),
+) -> CifarNet:
+    return CifarNet(config)
+
+
+@register_model("cifarnet-gelu", "cifarnet-ds48 plus a residual pair at 16x16, C4 136 wide, GELU; the third default")
 def cifarnet_gelu(
     config: NetConfig = NetConfig(widths=(48, 96, 128, 136), pairs=(1, 2, 1, 1), activation="gelu"),  # noqa: B008
 ) -> CifarNet:
