@@ -30,7 +30,8 @@ all) and differs from cifarnet-ds, the default when they were measured, in one i
 
 - `whitened`: `cifarnet-gelu` whose first convolution is fixed to +- the 24 strongest whitening
   directions of 3x3 patches of the first 5,000 training images (`NetConfig.whitened_stem`; airbench's
-  first layer), never trained: the same parameters, set from the data instead of learned.
+  first layer), never trained: the same parameters, set from the data instead of learned. It is now the
+  default preset, `cifarnet-whiten`.
 
 `deep_c3`, `deep_c2` and `deep_c2_gelu` are `CifarNet` with more residual pairs since NetConfig has them
 (the same modules in the same order as when they were measured: the same weights for a seed).

@@ -227,10 +227,9 @@ def test_the_experiments_candidate_networks_keep_every_rule(name: str) -> None:
     assert summary["passed"] and summary["parameters"] < 200_000, summary["rules"]
 
 
-def test_a_whitened_stem_is_set_from_the_training_images_and_never_trained(tiny_data: Path,
-                                                                           tmp_path: Path) -> None:
-    result = cli("train", "--model", f"{CANDIDATES}:whitened", "--epochs", "2", "--data-dir", tiny_data,
-                 "--out", tmp_path, *TRAIN_ARGS)
+def test_the_default_networks_whitened_stem_is_set_from_the_training_images_and_never_trained(
+        tiny_data: Path, tmp_path: Path) -> None:
+    result = cli("train", "--epochs", "2", "--data-dir", tiny_data, "--out", tmp_path, *TRAIN_ARGS)  # no --model
     assert result.exit_code == 0, result.stderr
     images = torch.from_numpy(load_split(tiny_data, train=True).images).permute(0, 3, 1, 2)
     expected = whitening_filters(normalize(images), 48)
