@@ -319,10 +319,11 @@ def train(
     cutout_p: CutoutP = None,
     tone_p: ToneP = None,
     tta: TTA = None,
-    test: Annotated[bool, typer.Option(
-        "--test/--no-test", help="Evaluate the test set after each epoch. --no-test (with --val-split) leaves it "
+    test: Annotated[bool | None, typer.Option(
+        "--test/--no-test", show_default="on; a resumed run keeps to what it began with",
+        help="Evaluate the test set after each epoch. --no-test (with --val-split) leaves it "
         "unread while you choose settings: held-out images alone judge the epochs, each epoch is quicker, and "
-        "the weights are the same.")] = True,
+        "the weights are the same.")] = None,
     model: ModelOption = None,
     device: Device = DeviceName.auto,
     data_dir: DataDir = None,
@@ -354,7 +355,7 @@ def train(
     """
     from cifar_cli.checkpoint import load_checkpoint
     from cifar_cli.data import load_split
-    from cifar_cli.engine import TrainingInterrupted, settings_of
+    from cifar_cli.engine import TrainingInterrupted, left_test_out, settings_of
     from cifar_cli.engine import train as run_training
     from cifar_cli.models import resolve_model
     from cifar_cli.run_folder import default_out_dir
@@ -362,6 +363,8 @@ def train(
 
     resume, data_dir = _expand(resume), _expand(data_dir)
     checkpoint = load_checkpoint(resume) if resume else None
+    if test is None:  # resumed by hand after a crash, a tuning run must not start reading the test set
+        test = checkpoint is None or not left_test_out(checkpoint)
     settings = (settings_of(checkpoint) if checkpoint else DEFAULTS).with_options(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, weight_decay=weight_decay,
         label_smoothing=label_smoothing, ema=ema, lookahead=lookahead, tta=tta, affine_p=affine_p,

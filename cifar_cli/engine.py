@@ -148,6 +148,15 @@ def settings_of(checkpoint: Checkpoint) -> TrainSettings:
     return settings
 
 
+def left_test_out(checkpoint: Checkpoint) -> bool:
+    """Whether the run that wrote a resumable checkpoint left the test set out (--no-test): no epoch it
+    finished has a test figure. (One stopped inside its first epoch cannot say, and counts as not.)"""
+    rows = (checkpoint.train_state or {}).get("history")
+    if not isinstance(rows, list) or not rows:
+        return False
+    return all(isinstance(row, dict) and row.get("test_loss") is None for row in rows)
+
+
 @dataclass
 class EpochTotals:
     """How far an epoch has got: batches done, and the sums behind its training loss and accuracy."""

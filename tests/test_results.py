@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_DATA, TRAIN_ARGS, assert_clean_error, cli
+from conftest import REAL_DATA, TRAIN_ARGS, SignalAt, assert_clean_error, cli
 from PIL import Image
 
 import cifar_cli.checkpoint as checkpoint_module
 from cifar_cli.checkpoint import PACKAGED_CHECKPOINT, load_checkpoint, model_from_checkpoint
 from cifar_cli.data import CLASSES, Split, hold_out, load_split
-from cifar_cli.engine import evaluate, predict
+from cifar_cli.engine import TrainingInterrupted, evaluate, predict, train
 from cifar_cli.records import EpochRecord
 from cifar_cli.rules import check_rules
 from cifar_cli.run_folder import write_history
@@ -80,6 +81,27 @@ def test_no_test_leaves_the_test_set_unread_and_the_weights_unchanged(tiny_data:
 
     assert_clean_error(cli("train", "--no-test", "--data-dir", tiny_data, "--out", tmp_path / "x"),
                        "--no-test needs --val-split")
+
+
+def test_a_run_begun_without_the_test_set_resumes_without_it(tiny_data: Path, tmp_path: Path) -> None:
+    """Resumed by hand after a crash (no --no-test typed), a tuning run must not start reading the test set."""
+    blind = tmp_path / "blind"
+    shutil.copytree(tiny_data, blind)
+    (blind / "cifar-10-batches-py" / "test_batch").unlink()
+    settings = TrainSettings(epochs=3, batch_size=16, lr=0.05, val_split=50)
+    with pytest.raises(TrainingInterrupted):
+        train(settings, load_split(blind, train=True), None, tmp_path / "run", CPU,
+              observer=SignalAt(signal.SIGINT, epoch=2, step=10))
+    shutil.copytree(tmp_path / "run", tmp_path / "told")
+    resumed = cli("train", "--resume", tmp_path / "run" / "last.safetensors", "--data-dir", blind, "--json")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert [r["test_acc"] for r in json.loads(resumed.stdout)["history"]] == [None] * 3
+    assert "test set left out" in " ".join(resumed.stderr.split())
+
+    told = cli("train", "--resume", tmp_path / "told" / "last.safetensors", "--test", "--data-dir", tiny_data,
+               "--json")  # asked for, the test set is read from the resumed epoch on
+    assert told.exit_code == 0, told.stderr
+    assert [r["test_acc"] is None for r in json.loads(told.stdout)["history"]] == [True, False, False]
 
 
 def _model(run: Path) -> torch.nn.Module:
