@@ -33,7 +33,7 @@ from cifar_cli.models import LEGACY_MODEL, ModelSpec, create_model, preset_spec
 FORMAT = "cifar-cli/1"
 MAX_CHECKPOINT_BYTES = 2**31  # a network under our rules is under 1 MB; 2 GiB leaves room for anyone's
 # The 40-epoch default run whose figures the README states, shipped inside the package.
-PACKAGED_CHECKPOINT = Path(__file__).parent / "weights" / "cifarnet-gelu-40ep.safetensors"
+PACKAGED_CHECKPOINT = Path(__file__).parent / "weights" / "cifarnet-whiten-40ep.safetensors"
 
 
 @dataclass
