@@ -149,12 +149,14 @@ def settings_of(checkpoint: Checkpoint) -> TrainSettings:
 
 
 def left_test_out(checkpoint: Checkpoint) -> bool:
-    """Whether the run that wrote a resumable checkpoint left the test set out (--no-test): no epoch it
-    finished has a test figure. (One stopped inside its first epoch cannot say, and counts as not.)"""
+    """Whether the run that wrote a resumable checkpoint left the test set out (--no-test): every epoch it
+    finished has a held-out figure and no test figure. (One stopped inside its first epoch cannot say, and
+    counts as not; so does a damaged history, which resuming then refuses.)"""
     rows = (checkpoint.train_state or {}).get("history")
     if not isinstance(rows, list) or not rows:
         return False
-    return all(isinstance(row, dict) and row.get("test_loss") is None for row in rows)
+    return all(isinstance(row, dict) and row.get("test_loss") is None and isinstance(row.get("val_loss"), float)
+               for row in rows)
 
 
 @dataclass

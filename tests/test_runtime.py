@@ -56,7 +56,7 @@ def test_fp16_steps_train_through_the_loss_scaler(tiny_data: Path) -> None:
     losses = [train_step(t, images, labels, 1, step)[0].item()
               for step, (images, labels) in enumerate(t.loader, start=1)]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
-    assert not torch.equal(before["c1.0.0.weight"], t.model.state_dict()["c1.0.0.weight"])
+    assert not torch.equal(before["c1.1.body.0.0.weight"], t.model.state_dict()["c1.1.body.0.0.weight"])
 
 
 def test_an_overflowing_fp16_step_is_skipped_not_written_into_the_weights(tiny_data: Path) -> None:
