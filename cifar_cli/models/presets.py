@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cifar_cli.models.config import NetConfig, S9Config
 from cifar_cli.models.net import CifarNet
 from cifar_cli.models.registry import register_model
 from cifar_cli.models.s9 import S9Reference
 
 LEGACY_MODEL = "cifarnet-ds"  # the only network cifar-cli 0.1 could train; its checkpoints name no preset
+GELU = NetConfig(widths=(48, 96, 128, 136), pairs=(1, 2, 1, 1), activation="gelu")  # cifarnet-whiten's too
 
 
 @register_model("cifarnet-whiten", "cifarnet-gelu, its first convolution fixed to the patches' whitening; the default")
-def cifarnet_whiten(
-    config: NetConfig = NetConfig(  # noqa: B008 - frozen
-        widths=(48, 96, 128, 136), pairs=(1, 2, 1, 1), activation="gelu", whitened_stem=True),
-) -> CifarNet:
+def cifarnet_whiten(config: NetConfig = replace(GELU, whitened_stem=True)) -> CifarNet:  # noqa: B008 - frozen
     return CifarNet(config)
 
 
 @register_model("cifarnet-gelu", "cifarnet-ds48 plus a residual pair at 16x16, C4 136 wide, GELU; the third default")
-def cifarnet_gelu(
-    config: NetConfig = NetConfig(widths=(48, 96, 128, 136), pairs=(1, 2, 1, 1), activation="gelu"),  # noqa: B008
-) -> CifarNet:
+def cifarnet_gelu(config: NetConfig = GELU) -> CifarNet:
     return CifarNet(config)
 
 
