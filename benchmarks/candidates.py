@@ -33,6 +33,11 @@ all) and differs from cifarnet-ds, the default when they were measured, in one i
   first layer), never trained: the same parameters, set from the data instead of learned. It is now the
   default preset, `cifarnet-whiten`.
 
+- `gated`: `whitened` (the default's network) with an ECA channel gate at the end of each residual branch:
+  the branch's output is scaled per channel by sigmoid(a 3-tap filter across the channels' spatial means),
+  so each block can turn its channels up or down for the image at hand (Wang et al., ECA-Net, 2020). Three
+  weights per gate, 15 in all; the receptive-field walk counts only the convolutions' path, as before.
+
 `deep_c3`, `deep_c2` and `deep_c2_gelu` are `CifarNet` with more residual pairs since NetConfig has them
 (the same modules in the same order as when they were measured: the same weights for a seed).
 """
@@ -42,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cifar_cli.models import PRESETS
@@ -145,3 +151,30 @@ def deep16x4() -> CifarNet:
 
 def whitened() -> CifarNet:
     return CifarNet(dataclasses.replace(PRESETS["cifarnet-gelu"].default_config, whitened_stem=True))
+
+
+class ChannelGate(nn.Module):
+    """ECA: x * sigmoid(w * mean(x)), w a 3-tap filter across neighbouring channels' spatial means.
+
+    The weights start at zero (every gate 0.5, the same for each channel) so the network starts as the
+    ungated one with its branches halved; they are vectors, so weight decay leaves them alone. The filter is
+    written as three shifted slices, not a conv1d: it mixes channels, never pixels.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        means = F.pad(x.mean((2, 3)), (1, 1))
+        w0, w1, w2 = self.weight
+        mixed = w0 * means[:, :-2] + w1 * means[:, 1:-1] + w2 * means[:, 2:]
+        return x * torch.sigmoid(mixed)[:, :, None, None]
+
+
+def gated() -> CifarNet:
+    net = whitened()
+    for block in net.modules():
+        if isinstance(block, Residual):
+            block.body.append(ChannelGate())  # after the network is built: its other weights are the same
+    return net
