@@ -219,7 +219,8 @@ def test_s9_reference_trains_and_evaluates_from_the_file_alone(tiny_data: Path, 
 
 
 @pytest.mark.parametrize("name", ["wide48", "post_activation", "lean_deep", "deep_c3", "deep_c2", "c4_at_8x8",
-                                  "deep_c2_gelu", "deep16", "deep8", "deep32", "deep16_8", "deep16x4", "whitened"])
+                                  "deep_c2_gelu", "deep16", "deep8", "deep32", "deep16_8", "deep16x4", "whitened",
+                                  "gated"])
 def test_the_experiments_candidate_networks_keep_every_rule(name: str) -> None:
     # results/experiments.md compares these networks with the default: the comparison is only fair to
     # a student if each of them would be accepted by the assignment too.
