@@ -57,6 +57,12 @@ def train_pipeline(seed: int | None = None, odds: AugmentOdds = DEFAULTS.augment
     )
 
 
+def set_odds(pipeline: A.Compose, odds: AugmentOdds) -> None:
+    """Make train_pipeline's transforms apply as often as `odds` says (Albumentations reads p at each call)."""
+    _, affine, cutout, tone = pipeline.transforms
+    affine.p, cutout.p, tone.p = odds
+
+
 def normalize(images: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> torch.Tensor:
     """Albumentations' Normalize(mean, std, max_pixel_value=255) for a uint8 N x 3 x H x W batch, on its device.
 
@@ -85,8 +91,11 @@ class BatchAugmenter:
     def __init__(self, pipeline: A.Compose):
         self.pipeline = pipeline
 
-    def __call__(self, images: np.ndarray, seed: int) -> np.ndarray:
+    def __call__(self, images: np.ndarray, seed: int, odds: AugmentOdds | None = None) -> np.ndarray:
+        """The batch augmented; with `odds`, the pipeline applies its random transforms that often from now on."""
         cv2.setNumThreads(1)  # OpenCV's thread pool costs more than it gives on 32x32 images: +20% images/s
+        if odds is not None:
+            set_odds(self.pipeline, odds)
         self.pipeline.set_random_seed(seed % 2**32)
         out = np.empty_like(images)
         for i, image in enumerate(images):

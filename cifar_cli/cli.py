@@ -318,6 +318,9 @@ def train(
     affine_p: AffineP = None,
     cutout_p: CutoutP = None,
     tone_p: ToneP = None,
+    aug_fade: _setting_option("aug_fade", "--aug-fade", "Fade the augmentation out over this last fraction of the "
+                              "run: the odds of its three random transforms fall linearly to zero, batch by batch "
+                              "(the flip stays), e.g. 0.2 (0: off).", float) = None,
     tta: TTA = None,
     test: Annotated[bool | None, typer.Option(
         "--test/--no-test", show_default="on; a resumed run keeps to what it began with",
@@ -368,7 +371,7 @@ def train(
     settings = (settings_of(checkpoint) if checkpoint else DEFAULTS).with_options(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, weight_decay=weight_decay,
         label_smoothing=label_smoothing, ema=ema, lookahead=lookahead, tta=tta, affine_p=affine_p,
-        cutout_p=cutout_p, tone_p=tone_p)
+        cutout_p=cutout_p, tone_p=tone_p, aug_fade=aug_fade)
     settings.validate()
     if not test and not settings.val_split:
         raise CifarError("--no-test needs --val-split: without the test set, held-out images must judge the epochs")

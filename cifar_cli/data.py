@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from cifar_cli.errors import CifarError
 from cifar_cli.files import read_input
+from cifar_cli.settings import DEFAULTS, AugmentOdds
 
 CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -215,16 +216,19 @@ def derive_seed(*parts: int) -> int:
 
 
 class EpochBatches:
-    """The batch plan of one epoch: which images, in what order, with what augmentation seed.
+    """The batch plan of one epoch: which images, in what order, with what augmentation seed and odds.
 
     The order is a permutation seeded by (seed, epoch). With `world` > 1 processes, rank r takes every
-    world-th image of it (disjoint shares of equal size). Each batch carries its own seed. `set_epoch`
-    moves to another epoch, optionally skipping the batches a resumed run has already trained on.
-    Used as a DataLoader batch_sampler; it yields (batch seed, image indices).
+    world-th image of it (disjoint shares of equal size). Each batch carries its own seed, and the odds
+    `odds_at` gives for how far through the run's `epochs` it is (constant unless the run fades them).
+    `set_epoch` moves to another epoch, optionally skipping the batches a resumed run has already trained
+    on. Used as a DataLoader batch_sampler; it yields (batch seed, image indices, odds).
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 odds_at: Callable[[float], AugmentOdds] = DEFAULTS.odds_at, epochs: int = 1):
         self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
+        self.odds_at, self.epochs = odds_at, epochs
         self.epoch, self.start = 1, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -245,28 +249,29 @@ class EpochBatches:
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start
 
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        mine, size = self.indices(), self.batch_size
-        for b in range(self.start, self.batches_per_epoch()):
-            yield derive_seed(self.seed, self.epoch, self.rank, b, AUGMENT_STREAM), mine[b * size:(b + 1) * size]
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, AugmentOdds]]:
+        mine, size, count = self.indices(), self.batch_size, self.batches_per_epoch()
+        for b in range(self.start, count):
+            odds = self.odds_at(((self.epoch - 1) * count + b) / (self.epochs * count))
+            yield derive_seed(self.seed, self.epoch, self.rank, b, AUGMENT_STREAM), mine[b * size:(b + 1) * size], odds
 
 
 class AugmentedBatches(Dataset):
-    """Serves whole batches: (batch seed, indices) -> augmented uint8 N x 3 x 32 x 32 images and labels.
+    """Serves whole batches: (batch seed, indices, odds) -> augmented uint8 N x 3 x 32 x 32 images and labels.
 
     The images tensor is a channels_last view of the N x H x W x 3 array: no copy, and the layout the
     network runs fastest in.
     """
 
-    def __init__(self, split: Split, augment: Callable[[np.ndarray, int], np.ndarray]):
+    def __init__(self, split: Split, augment: Callable[[np.ndarray, int, AugmentOdds], np.ndarray]):
         self.split, self.augment = split, augment
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitems__(self, batch: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        seed, indices = batch
-        images = self.augment(self.split.images[indices], seed)
+    def __getitems__(self, batch: tuple[int, np.ndarray, AugmentOdds]) -> tuple[torch.Tensor, torch.Tensor]:
+        seed, indices, odds = batch
+        images = self.augment(self.split.images[indices], seed, odds)
         return torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(self.split.labels[indices])
 
 
@@ -278,8 +283,8 @@ class DeviceBatches:
     or pinned memory: on a GPU, per-image work on a few CPU cores would set the pace.
     """
 
-    def __init__(self, split: Split, plan: EpochBatches, augment: Callable[[torch.Tensor, int], torch.Tensor],
-                 device: torch.device):
+    def __init__(self, split: Split, plan: EpochBatches,
+                 augment: Callable[[torch.Tensor, int, AugmentOdds], torch.Tensor], device: torch.device):
         self.plan, self.augment, self.device = plan, augment, device
         self.images = torch.from_numpy(split.images).to(device).permute(0, 3, 1, 2)  # channels_last view
         self.labels = torch.from_numpy(split.labels).to(device)
@@ -288,9 +293,9 @@ class DeviceBatches:
         return len(self.plan)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for seed, indices in self.plan:
+        for seed, indices, odds in self.plan:
             chosen = torch.from_numpy(indices).to(self.device, non_blocking=True)
-            yield self.augment(self.images[chosen], seed), self.labels[chosen]
+            yield self.augment(self.images[chosen], seed, odds), self.labels[chosen]
 
 
 def batches_in_order(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

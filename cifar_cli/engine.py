@@ -18,7 +18,6 @@ augmentation and dropout are seeded from (seed, epoch, batch), never from proces
 from __future__ import annotations
 
 import copy
-import functools
 import signal
 import time
 import warnings
@@ -73,7 +72,7 @@ from cifar_cli.run_folder import (
     write_settings,
 )
 from cifar_cli.runtime import Distributed, Runtime, memory_format
-from cifar_cli.settings import EVAL_BATCH_SIZE, AugmentOdds, TrainSettings
+from cifar_cli.settings import EVAL_BATCH_SIZE, TrainSettings
 
 # With fp16, the loss scaler skips a step whose gradients overflowed; the schedule still moves on, as it
 # must for resume to stay exact, and torch's warning about that order is noise here.
@@ -430,7 +429,8 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     if resume is None:
         init_from_data(model, train_split)
     model.to(device, memory_format=memory_format(device))
-    plan = EpochBatches(len(train_split), settings.batch_size, settings.seed, dist.rank, dist.world)
+    plan = EpochBatches(len(train_split), settings.batch_size, settings.seed, dist.rank, dist.world,
+                        settings.odds_at, settings.epochs)
     total_steps = settings.epochs * plan.batches_per_epoch()
     shadow = shadow_weights(model, settings, total_steps)
     if shadow is not None and resume is not None:
@@ -453,7 +453,7 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if runtime.compile:
         ddp_model = torch.compile(ddp_model)
-    batches = _batches(train_split, plan, settings.augment_odds, device, runtime, dist)
+    batches = _batches(train_split, plan, device, runtime, dist)
     return Trainer(settings, spec, model, ddp_model, shadow.model if shadow else model, shadow, optimizer,
                    scheduler, scaler, plan, batches, device, dist, amp_dtype, runtime.compile)
 
@@ -464,14 +464,16 @@ def warmup_fraction(total_steps: int) -> float:
     return 0.25 if 0.25 * total_steps != 1 else 2 / total_steps
 
 
-def _batches(split: Split, plan: EpochBatches, odds: AugmentOdds, device: torch.device, runtime: Runtime,
+def _batches(split: Split, plan: EpochBatches, device: torch.device, runtime: Runtime,
              dist: Distributed) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """The epoch's augmented uint8 batches: made on the device (CUDA), or by Albumentations in loader workers."""
+    """The epoch's augmented uint8 batches: made on the device (CUDA), or by Albumentations in loader workers.
+
+    Each batch's augmentation odds come with it from the plan, so workers need no word of the schedule."""
     if runtime.augments_on_device(device):
-        return DeviceBatches(split, plan, functools.partial(device_augment.augment, odds=odds), device)
+        return DeviceBatches(split, plan, device_augment.augment, device)
     workers = runtime.loader_workers(device, dist)
     return DataLoader(
-        AugmentedBatches(split, BatchAugmenter(train_pipeline(odds=odds))),
+        AugmentedBatches(split, BatchAugmenter(train_pipeline())),
         batch_sampler=plan,
         collate_fn=_whole_batch,
         num_workers=workers,

@@ -50,6 +50,9 @@ class TrainSettings:
     affine_p: float = 0.5  # ShiftScaleRotate (the assignment's reference network trained with 0.3)
     cutout_p: float = 0.5  # CoarseDropout, one 16x16 hole
     tone_p: float = 0.5  # RandomBrightnessContrast (the reference network: 0.2)
+    # The last fraction of the run over which those odds fall linearly to zero, batch by batch (0: off):
+    # the network ends its training on images like the ones it will be judged on.
+    aug_fade: float = 0.0
 
     def validate(self, train_size: int | None = None) -> None:
         """Refuse impossible settings; `train_size` also bounds the held-out slice."""
@@ -75,6 +78,8 @@ class TrainSettings:
         for flag, p in (("--affine-p", self.affine_p), ("--cutout-p", self.cutout_p), ("--tone-p", self.tone_p)):
             if not 0 <= p <= 1:  # also refuses nan
                 raise CifarError(f"{flag} must be a probability in [0, 1], not {p}")
+        if not 0 <= self.aug_fade <= 1:
+            raise CifarError(f"--aug-fade must be a fraction of the run in [0, 1], not {self.aug_fade}")
         if self.ema and self.lookahead:
             raise CifarError("--ema and --lookahead each keep a second copy of the weights: choose one")
 
@@ -84,6 +89,13 @@ class TrainSettings:
     @property
     def augment_odds(self) -> AugmentOdds:
         return AugmentOdds(self.affine_p, self.cutout_p, self.tone_p)
+
+    def odds_at(self, progress: float) -> AugmentOdds:
+        """The odds a batch is augmented with, `progress` (0 to 1) of the way through the run."""
+        left = max(0.0, 1.0 - progress)  # past the end (an epoch beyond the plan's count): the end's odds
+        if left >= self.aug_fade:
+            return self.augment_odds
+        return AugmentOdds(*(p * left / self.aug_fade for p in self.augment_odds))
 
     @classmethod
     def from_dict(cls, data: Any) -> TrainSettings | None:
@@ -110,8 +122,9 @@ class TrainSettings:
 DEFAULTS = TrainSettings()
 # What a checkpoint that predates a setting ran with: runs saved before lookahead became the default did
 # without it, and resuming them must not switch it on; those before the augmentation's odds were settings
-# ran with 0.5 each, whatever the defaults become.
-SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"lookahead": 0.0, "affine_p": 0.5, "cutout_p": 0.5, "tone_p": 0.5}
+# ran with 0.5 each, and without a fade, whatever the defaults become.
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"lookahead": 0.0, "affine_p": 0.5, "cutout_p": 0.5, "tone_p": 0.5,
+                                                "aug_fade": 0.0}
 
 
 def _well_typed(settings: TrainSettings) -> bool:

@@ -52,7 +52,7 @@ def test_two_gloo_processes_train_on_disjoint_shares(tiny_data: Path, tmp_path: 
     for rank in range(2):
         plan = EpochBatches(train_size, 16, seed=4, rank=rank, world=2)
         plan.set_epoch(1)
-        shares.append({int(i) for _, batch in plan for i in batch})
+        shares.append({int(i) for _, batch, _ in plan for i in batch})
     assert not shares[0] & shares[1] and len(shares[0] | shares[1]) == train_size
     assert all(r["images"] == train_size for r in history)
 

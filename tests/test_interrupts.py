@@ -193,7 +193,7 @@ def test_epoch_plan_shares_are_disjoint_and_cover_the_data() -> None:
     for rank in range(3):
         plan = EpochBatches(100, 8, seed=1, rank=rank, world=3)
         plan.set_epoch(2)
-        shares.append(np.concatenate([indices for _, indices in plan]))
+        shares.append(np.concatenate([indices for _, indices, _ in plan]))
     assert all(len(s) == 33 for s in shares)
     union = np.concatenate(shares)
     assert len(set(union.tolist())) == 99  # disjoint; one image left over, as in DistributedSampler(drop_last)
