@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import REAL_DATA
 
-from cifar_cli.augment import HOLE_SIZE, MEAN_PIXEL, normalize, preview, train_pipeline
-from cifar_cli.data import MEAN, STD, load_split
+from cifar_cli.augment import HOLE_SIZE, MEAN_PIXEL, BatchAugmenter, normalize, preview, train_pipeline
+from cifar_cli.data import MEAN, STD, EpochBatches, load_split
+from cifar_cli.settings import DEFAULTS, AugmentOdds, TrainSettings
 
 
 @pytest.fixture
@@ -59,3 +60,33 @@ def test_preview_is_reproducible_and_really_augments(real_image: np.ndarray) -> 
     views = first[0][2]
     assert views[0].shape == (32, 32, 3) and views[0].dtype == np.uint8
     assert any((v != real_image).any() for v in views)
+
+
+def test_a_fading_run_feeds_full_odds_until_the_fade_then_less_and_less() -> None:
+    """--aug-fade: each batch of the plan carries its odds; the last fifth of the run fades them to zero."""
+    settings = TrainSettings(epochs=5, aug_fade=0.2)
+    plan = EpochBatches(300, 30, seed=3, odds_at=settings.odds_at, epochs=settings.epochs)
+    odds = []
+    for epoch in range(1, 6):
+        plan.set_epoch(epoch)
+        odds += [o for _, _, o in plan]
+    assert odds[:40] == [settings.augment_odds] * 40  # epochs 1-4: as the run asks
+    last = [o.cutout for o in odds[40:]]
+    assert last[0] == pytest.approx(0.5) and all(a > b > 0 for a, b in zip(last, last[1:])) and last[-1] == pytest.approx(0.05)
+    assert all(o.affine == o.cutout == o.tone for o in odds)
+    plan = EpochBatches(300, 30, seed=3, odds_at=TrainSettings(epochs=5).odds_at, epochs=5)
+    plan.set_epoch(5)
+    assert {o for _, _, o in plan} == {settings.augment_odds}  # no fade unless asked
+
+
+def test_a_batchs_odds_rule_its_augmentation_and_only_it(tiny_data: Path) -> None:
+    """With odds of zero only the flip is left; the next batch at the usual odds is augmented as ever."""
+    images = load_split(tiny_data, train=True).images[:64]
+    augmenter = BatchAugmenter(train_pipeline())
+    flipped_only = augmenter(images, 5, AugmentOdds(0.0, 0.0, 0.0))
+    same, mirrored = [np.array_equal(a, b) for a, b in zip(flipped_only, images)], \
+        [np.array_equal(a, b[:, ::-1]) for a, b in zip(flipped_only, images)]
+    assert all(s or m for s, m in zip(same, mirrored)) and 10 < sum(mirrored) < 54
+    usual = augmenter(images, 6, DEFAULTS.augment_odds)
+    assert np.array_equal(usual, BatchAugmenter(train_pipeline())(images, 6))
+    assert sum(not np.array_equal(a, b) and not np.array_equal(a, b[:, ::-1]) for a, b in zip(usual, images)) > 32

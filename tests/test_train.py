@@ -119,6 +119,7 @@ def test_bad_train_options_fail_cleanly(tiny_data: Path, tmp_path: Path) -> None
     assert_clean_error(cli("train", "--lookahead", "1", "--data-dir", tiny_data), "--lookahead must be a decay")
     for flag in ("--affine-p", "--cutout-p", "--tone-p"):
         assert_clean_error(cli("train", flag, "1.5", "--data-dir", tiny_data), flag, "probability")
+    assert_clean_error(cli("train", "--aug-fade", "-0.1", "--data-dir", tiny_data), "--aug-fade", "fraction")
     assert_clean_error(cli("train", "--lookahead", "0.95", "--ema", "0.999", "--data-dir", tiny_data),
                        "--ema and --lookahead", "choose one")
     blocker = tmp_path / "a-file"
@@ -144,25 +145,30 @@ def test_a_run_saved_before_lookahead_was_a_default_resumes_without_it() -> None
 
 
 def test_the_augmentations_odds_are_a_run_setting(tiny_data: Path, tmp_path: Path) -> None:
-    """--affine-p/--cutout-p/--tone-p change what the network is fed (so its weights), are saved with the
-    run, and a resumed run keeps them."""
+    """--affine-p/--cutout-p/--tone-p (and --aug-fade) change what the network is fed (so its weights), are
+    saved with the run, and a resumed run keeps them."""
     def weights(name: str, *odds: str) -> dict:
         result = cli("train", "--epochs", "1", "--data-dir", tiny_data, "--out", tmp_path / name, *TRAIN_ARGS, *odds)
         assert result.exit_code == 0, result.stderr
         return load_checkpoint(tmp_path / name / "last.safetensors").model_state
 
     plain, light = weights("plain"), weights("light", "--affine-p", "0", "--cutout-p", "0.25", "--tone-p", "0")
+    faded = weights("faded", "--aug-fade", "1")
     assert any(not torch.equal(plain[k], light[k]) for k in plain)
+    assert any(not torch.equal(plain[k], faded[k]) for k in plain)
     saved = json.loads((tmp_path / "light" / "settings.json").read_text())["settings"]
-    assert (saved["affine_p"], saved["cutout_p"], saved["tone_p"]) == (0.0, 0.25, 0.0)
-    assert_clean_error(cli("train", "--resume", tmp_path / "light" / "last.safetensors", "--cutout-p", "0.5",
-                           "--data-dir", tiny_data, "--out", tmp_path / "other"), "keeps its settings", "cutout_p")
+    assert (saved["affine_p"], saved["cutout_p"], saved["tone_p"], saved["aug_fade"]) == (0.0, 0.25, 0.0, 0.0)
+    assert json.loads((tmp_path / "faded" / "settings.json").read_text())["settings"]["aug_fade"] == 1.0
+    for option, value, name in (("--cutout-p", "0.5", "cutout_p"), ("--aug-fade", "0.2", "aug_fade")):
+        assert_clean_error(cli("train", "--resume", tmp_path / "light" / "last.safetensors", option, value,
+                               "--data-dir", tiny_data, "--out", tmp_path / "other"), "keeps its settings", name)
 
 
 def test_a_run_saved_before_the_augmentations_odds_were_settings_resumes_with_the_odds_it_had() -> None:
-    odds = ("affine_p", "cutout_p", "tone_p")
+    odds = ("affine_p", "cutout_p", "tone_p", "aug_fade")
     saved_then = {k: v for k, v in TrainSettings().to_dict().items() if k not in odds}
     assert TrainSettings.from_dict(saved_then).augment_odds == (0.5, 0.5, 0.5)
+    assert TrainSettings.from_dict(saved_then).aug_fade == 0.0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
