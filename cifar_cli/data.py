@@ -220,13 +220,13 @@ class EpochBatches:
 
     The order is a permutation seeded by (seed, epoch). With `world` > 1 processes, rank r takes every
     world-th image of it (disjoint shares of equal size). Each batch carries its own seed, and the odds
-    `odds_at` gives for how far through the run's `epochs` it is (constant unless the run fades them).
+    `odds_at` gives for how far through the run's `epochs` it is (without `odds_at`: the default odds).
     `set_epoch` moves to another epoch, optionally skipping the batches a resumed run has already trained
     on. Used as a DataLoader batch_sampler; it yields (batch seed, image indices, odds).
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 odds_at: Callable[[float], AugmentOdds] = DEFAULTS.odds_at, epochs: int = 1):
+                 odds_at: Callable[[float], AugmentOdds] | None = None, epochs: int = 1):
         self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
         self.odds_at, self.epochs = odds_at, epochs
         self.epoch, self.start = 1, 0
@@ -252,7 +252,8 @@ class EpochBatches:
     def __iter__(self) -> Iterator[tuple[int, np.ndarray, AugmentOdds]]:
         mine, size, count = self.indices(), self.batch_size, self.batches_per_epoch()
         for b in range(self.start, count):
-            odds = self.odds_at(((self.epoch - 1) * count + b) / (self.epochs * count))
+            progress = ((self.epoch - 1) * count + b) / (self.epochs * count)
+            odds = self.odds_at(progress) if self.odds_at else DEFAULTS.augment_odds
             yield derive_seed(self.seed, self.epoch, self.rank, b, AUGMENT_STREAM), mine[b * size:(b + 1) * size], odds
 
 

@@ -92,7 +92,7 @@ class TrainSettings:
 
     def odds_at(self, progress: float) -> AugmentOdds:
         """The odds a batch is augmented with, `progress` (0 to 1) of the way through the run."""
-        left = max(0.0, 1.0 - progress)  # past the end (an epoch beyond the plan's count): the end's odds
+        left = max(0.0, 1.0 - progress)  # past the end (a plan asked for more epochs than the run has): zero
         if left >= self.aug_fade:
             return self.augment_odds
         return AugmentOdds(*(p * left / self.aug_fade for p in self.augment_odds))
