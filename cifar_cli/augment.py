@@ -32,7 +32,7 @@ def train_pipeline(seed: int | None = None, odds: AugmentOdds = DEFAULTS.augment
     Argument names matter: 2.x silently ignores the 1.x ones (max_holes, fill_value, ...).
     uint8 H x W x 3 in, uint8 H x W x 3 out.
     """
-    return A.Compose(
+    pipeline = A.Compose(
         [
             A.HorizontalFlip(p=FLIP_P),
             # ShiftScaleRotate written as the Affine that 2.x asks for.
@@ -42,23 +42,24 @@ def train_pipeline(seed: int | None = None, odds: AugmentOdds = DEFAULTS.augment
                 rotate=(-ROTATE, ROTATE),
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=MEAN_PIXEL,
-                p=odds.affine,
             ),
             A.CoarseDropout(
                 num_holes_range=(1, 1),
                 hole_height_range=(HOLE_SIZE, HOLE_SIZE),
                 hole_width_range=(HOLE_SIZE, HOLE_SIZE),
                 fill=MEAN_PIXEL,
-                p=odds.cutout,
             ),
-            A.RandomBrightnessContrast(brightness_limit=BRIGHTNESS, contrast_limit=CONTRAST, p=odds.tone),
+            A.RandomBrightnessContrast(brightness_limit=BRIGHTNESS, contrast_limit=CONTRAST),
         ],
         seed=seed,
     )
+    set_odds(pipeline, odds)
+    return pipeline
 
 
 def set_odds(pipeline: A.Compose, odds: AugmentOdds) -> None:
-    """Make train_pipeline's transforms apply as often as `odds` says (Albumentations reads p at each call)."""
+    """Make train_pipeline's transforms apply as often as `odds` says (Albumentations reads p at each call):
+    the one place that ties each of the odds to its transform."""
     _, affine, cutout, tone = pipeline.transforms
     affine.p, cutout.p, tone.p = odds
 
