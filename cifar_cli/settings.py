@@ -52,7 +52,7 @@ class TrainSettings:
     tone_p: float = 0.5  # RandomBrightnessContrast (the reference network: 0.2)
     # The last fraction of the run over which those odds fall linearly to zero, batch by batch (0: off):
     # the network ends its training on images like the ones it will be judged on.
-    aug_fade: float = 0.0
+    aug_fade: float = 0.4
 
     def validate(self, train_size: int | None = None) -> None:
         """Refuse impossible settings; `train_size` also bounds the held-out slice."""
