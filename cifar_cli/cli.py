@@ -320,7 +320,7 @@ def train(
     tone_p: ToneP = None,
     aug_fade: _setting_option("aug_fade", "--aug-fade", "Fade the augmentation out over this last fraction of the "
                               "run: the odds of its three random transforms fall linearly to zero, batch by batch "
-                              "(the flip stays), e.g. 0.2 (0: off).", float) = None,
+                              "(the flip stays); 0: off.", float) = None,
     tta: TTA = None,
     test: Annotated[bool | None, typer.Option(
         "--test/--no-test", show_default="on; a resumed run keeps to what it began with",
@@ -431,6 +431,7 @@ def _train_header(settings: Any, model: str, device: Any, world: int, train_size
             f"batch {settings.batch_size}, lr {settings.lr}, seed {settings.seed}"
             + (f", EMA {settings.ema}" if settings.ema else "")
             + (f", lookahead {settings.lookahead}" if settings.lookahead else "")
+            + (f", augmentation fading over the last {settings.aug_fade:.0%}" if settings.aug_fade else "")
             + (", flip TTA" if settings.tta else "")
             + f" -> {_literal(out_dir)}" + (f" (resuming {_literal(resume)})" if resume else ""))
 

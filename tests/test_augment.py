@@ -75,9 +75,9 @@ def test_a_fading_run_feeds_full_odds_until_the_fade_then_less_and_less() -> Non
     assert last[0] == pytest.approx(0.5) and last[-1] == pytest.approx(0.05)
     assert all(a > b > 0 for a, b in zip(last, last[1:]))
     assert all(o.affine == o.cutout == o.tone for o in odds)
-    plan = EpochBatches(300, 30, seed=3, odds_at=TrainSettings(epochs=5).odds_at, epochs=5)
+    plan = EpochBatches(300, 30, seed=3, odds_at=TrainSettings(epochs=5, aug_fade=0).odds_at, epochs=5)
     plan.set_epoch(5)
-    assert {o for _, _, o in plan} == {settings.augment_odds}  # no fade unless asked
+    assert {o for _, _, o in plan} == {settings.augment_odds}  # --aug-fade 0: no fade
 
 
 def test_a_batchs_odds_rule_its_augmentation_and_only_it(tiny_data: Path) -> None:

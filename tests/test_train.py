@@ -12,7 +12,7 @@ from conftest import TRAIN_ARGS, assert_clean_error, cli, history_without_times
 from cifar_cli.checkpoint import load_checkpoint
 from cifar_cli.data import load_split
 from cifar_cli.engine import train
-from cifar_cli.settings import TrainSettings
+from cifar_cli.settings import DEFAULTS, TrainSettings
 
 RESULT_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images", "val_loss",
                "val_acc"}
@@ -157,7 +157,8 @@ def test_the_augmentations_odds_are_a_run_setting(tiny_data: Path, tmp_path: Pat
     assert any(not torch.equal(plain[k], light[k]) for k in plain)
     assert any(not torch.equal(plain[k], faded[k]) for k in plain)
     saved = json.loads((tmp_path / "light" / "settings.json").read_text())["settings"]
-    assert (saved["affine_p"], saved["cutout_p"], saved["tone_p"], saved["aug_fade"]) == (0.0, 0.25, 0.0, 0.0)
+    assert (saved["affine_p"], saved["cutout_p"], saved["tone_p"]) == (0.0, 0.25, 0.0)
+    assert saved["aug_fade"] == DEFAULTS.aug_fade
     assert json.loads((tmp_path / "faded" / "settings.json").read_text())["settings"]["aug_fade"] == 1.0
     for option, value, name in (("--cutout-p", "0.5", "cutout_p"), ("--aug-fade", "0.2", "aug_fade")):
         assert_clean_error(cli("train", "--resume", tmp_path / "light" / "last.safetensors", option, value,
