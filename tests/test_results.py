@@ -249,7 +249,7 @@ def test_the_packaged_checkpoint_is_the_result_the_readme_states(tiny_data: Path
     assert ckpt.epoch == 40 and ckpt.train_state is None and not ckpt.optimizer_tensors and not ckpt.raw_state
     assert ckpt.model.name == DEFAULT_MODEL  # `cifar eval` with no path shows what the default network reaches
     assert all(rule.passed for rule in check_rules(model_from_checkpoint(ckpt)))
-    assert ckpt.metrics["test_acc"] >= 0.925 and ckpt.metrics["test_acc_no_tta"] >= 0.915
+    assert ckpt.metrics["test_acc"] >= 0.928 and ckpt.metrics["test_acc_no_tta"] >= 0.918
     readme = README.read_text()
     assert all(f"{100 * ckpt.metrics[key]:.2f}%" in readme for key in ("test_acc", "test_acc_no_tta"))
 
