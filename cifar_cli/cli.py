@@ -321,6 +321,9 @@ def train(
     aug_fade: _setting_option("aug_fade", "--aug-fade", "Fade the augmentation out over this last fraction of the "
                               "run: the odds of its three random transforms fall linearly to zero, batch by batch "
                               "(the flip stays); 0: off.", float) = None,
+    mixup: _setting_option("mixup", "--mixup", "Mixup: blend each batch with a shuffled copy of itself, the "
+                           "blend's weight drawn from Beta(a, a) for this a, e.g. 0.2, and the loss blended "
+                           "likewise; it fades out with the augmentation (0: off).", float) = None,
     tta: TTA = None,
     test: Annotated[bool | None, typer.Option(
         "--test/--no-test", show_default="on; a resumed run keeps to what it began with",
@@ -371,7 +374,7 @@ def train(
     settings = (settings_of(checkpoint) if checkpoint else DEFAULTS).with_options(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, weight_decay=weight_decay,
         label_smoothing=label_smoothing, ema=ema, lookahead=lookahead, tta=tta, affine_p=affine_p,
-        cutout_p=cutout_p, tone_p=tone_p, aug_fade=aug_fade)
+        cutout_p=cutout_p, tone_p=tone_p, aug_fade=aug_fade, mixup=mixup)
     settings.validate()
     if not test and not settings.val_split:
         raise CifarError("--no-test needs --val-split: without the test set, held-out images must judge the epochs")
@@ -432,6 +435,7 @@ def _train_header(settings: Any, model: str, device: Any, world: int, train_size
             + (f", EMA {settings.ema}" if settings.ema else "")
             + (f", lookahead {settings.lookahead}" if settings.lookahead else "")
             + (f", augmentation fading over the last {settings.aug_fade:.0%}" if settings.aug_fade else "")
+            + (f", mixup {settings.mixup}" if settings.mixup else "")
             + (", flip TTA" if settings.tta else "")
             + f" -> {_literal(out_dir)}" + (f" (resuming {_literal(resume)})" if resume else ""))
 

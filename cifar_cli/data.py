@@ -208,6 +208,7 @@ def eval_split(data_dir: Path, images: str, val_split: int | None, download_miss
 # The random streams a run draws from, each seeded by derive_seed(seed, epoch, rank, batch, STREAM).
 AUGMENT_STREAM = 0  # a batch's augmentations (EpochBatches)
 DROPOUT_STREAM = 1  # a training step's dropout masks (the engine)
+MIXUP_STREAM = 2  # whether and how a training step blends its batch (the engine)
 
 
 def derive_seed(*parts: int) -> int:
@@ -249,11 +250,15 @@ class EpochBatches:
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start
 
+    def progress(self, epoch: int, batch: int) -> float:
+        """How far through the run (0 to 1) batch `batch` (from 0) of `epoch` begins."""
+        count = self.batches_per_epoch()
+        return ((epoch - 1) * count + batch) / (self.epochs * count)
+
     def __iter__(self) -> Iterator[tuple[int, np.ndarray, AugmentOdds]]:
         mine, size, count = self.indices(), self.batch_size, self.batches_per_epoch()
         for b in range(self.start, count):
-            progress = ((self.epoch - 1) * count + b) / (self.epochs * count)
-            odds = self.odds_at(progress) if self.odds_at else DEFAULTS.augment_odds
+            odds = self.odds_at(self.progress(self.epoch, b)) if self.odds_at else DEFAULTS.augment_odds
             yield derive_seed(self.seed, self.epoch, self.rank, b, AUGMENT_STREAM), mine[b * size:(b + 1) * size], odds
 
 

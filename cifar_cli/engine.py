@@ -47,6 +47,7 @@ from cifar_cli.data import (
     CLASSES,
     DROPOUT_STREAM,
     MEAN,
+    MIXUP_STREAM,
     STD,
     AugmentedBatches,
     DeviceBatches,
@@ -494,11 +495,36 @@ def _worker_ignores_sigint(worker_id: int) -> None:
 
 # --- training ----------------------------------------------------------------------------------------
 
+@dataclass
+class Blend:
+    """A mixup batch: each image is `own` parts itself and 1 - `own` parts image `partner[i]` of the batch."""
+
+    own: float
+    partner: torch.Tensor
+
+
+def draw_blend(t: Trainer, epoch: int, step: int, size: int) -> Blend | None:
+    """Whether and how step `step` (from 1) blends its batch of `size`: --mixup's Beta(a, a) weight, at the
+    odds the fade leaves (1 before it begins). Seeded by (seed, epoch, rank, step), so a resumed run draws
+    the same blends."""
+    if not t.settings.mixup:
+        return None
+    rng = np.random.default_rng(derive_seed(t.settings.seed, epoch, t.dist.rank, step, MIXUP_STREAM))
+    if rng.random() >= t.settings.fade_at(t.plan.progress(epoch, step - 1)):
+        return None
+    own = float(rng.beta(t.settings.mixup, t.settings.mixup))
+    return Blend(own, torch.from_numpy(rng.permutation(size)).to(t.device))
+
+
 def train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, epoch: int,
                step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step on one batch; returns the loss, the logits and the labels, on the device."""
+    """One optimizer step on one batch; returns the loss, the logits and the labels (of a blend, those of
+    the larger part), on the device."""
     torch.manual_seed(derive_seed(t.settings.seed, epoch, t.dist.rank, step, DROPOUT_STREAM))
     x, y = to_device(images, t.device), labels.to(t.device, non_blocking=True)
+    blend = draw_blend(t, epoch, step, len(y))
+    if blend is not None:
+        x = blend.own * x + (1 - blend.own) * x[blend.partner]
     if t.compiled:
         # Compiled: the batch size is a variable, so an epoch's smaller last batch reuses the graph instead
         # of compiling a second one. Only this dimension: compile(dynamic=True) would give the batch and a
@@ -507,6 +533,11 @@ def train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, epoch: in
     with autocast(t.device, t.amp_dtype):
         logits = t.ddp_model(x).float()
     loss = F.cross_entropy(logits, y, label_smoothing=t.settings.label_smoothing)
+    if blend is not None:
+        other = y[blend.partner]
+        loss = blend.own * loss + (1 - blend.own) * F.cross_entropy(
+            logits, other, label_smoothing=t.settings.label_smoothing)
+        y = y if blend.own >= 0.5 else other
     t.optimizer.zero_grad(set_to_none=True)
     t.scaler.scale(loss).backward()
     t.scaler.step(t.optimizer)

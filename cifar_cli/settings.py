@@ -21,6 +21,7 @@ MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch.manual_seed both take it
 # ~200 MB of freshly page-faulted memory (9.7M faults against 4.5M). Not measured on a GPU. Results do not
 # depend on it.
 EVAL_BATCH_SIZE = 256
+MAX_MIXUP = 100.0  # Beta(100, 100) already blends every batch half and half; more is a typo
 
 
 class AugmentOdds(NamedTuple):
@@ -54,6 +55,9 @@ class TrainSettings:
     # the network ends its training on images like the ones it will be judged on. 0.4 beat 0, 0.2 and 0.6
     # on held-out images (results/experiments.md, "Fading the augmentation out at the end", "A larger fade").
     aug_fade: float = 0.4
+    # Mixup: each batch blended with a shuffled copy of itself, the blend's weight drawn from Beta(a, a)
+    # (0: off). Its odds fade with the augmentation's, so the run still ends on plain images.
+    mixup: float = 0.0
 
     def validate(self, train_size: int | None = None) -> None:
         """Refuse impossible settings; `train_size` also bounds the held-out slice."""
@@ -81,6 +85,9 @@ class TrainSettings:
                 raise CifarError(f"{flag} must be a probability in [0, 1], not {p}")
         if not 0 <= self.aug_fade <= 1:
             raise CifarError(f"--aug-fade must be a fraction of the run in [0, 1], not {self.aug_fade}")
+        if not 0 <= self.mixup <= MAX_MIXUP:  # also refuses nan
+            raise CifarError(f"--mixup must be a Beta concentration in [0, {MAX_MIXUP:g}] (0 turns it off), "
+                             f"not {self.mixup}")
         if self.ema and self.lookahead:
             raise CifarError("--ema and --lookahead each keep a second copy of the weights: choose one")
 
@@ -91,12 +98,15 @@ class TrainSettings:
     def augment_odds(self) -> AugmentOdds:
         return AugmentOdds(self.affine_p, self.cutout_p, self.tone_p)
 
+    def fade_at(self, progress: float) -> float:
+        """How much of the augmentation is left `progress` (0 to 1) of the way through the run: 1 until the
+        fade begins, then falling linearly to 0 at the end."""
+        left = max(0.0, 1.0 - progress)  # past the end (a plan asked for more epochs than the run has): zero
+        return 1.0 if left >= self.aug_fade else left / self.aug_fade
+
     def odds_at(self, progress: float) -> AugmentOdds:
         """The odds a batch is augmented with, `progress` (0 to 1) of the way through the run."""
-        left = max(0.0, 1.0 - progress)  # past the end (a plan asked for more epochs than the run has): zero
-        if left >= self.aug_fade:
-            return self.augment_odds
-        return AugmentOdds(*(p * left / self.aug_fade for p in self.augment_odds))
+        return AugmentOdds(*(p * self.fade_at(progress) for p in self.augment_odds))
 
     @classmethod
     def from_dict(cls, data: Any) -> TrainSettings | None:

@@ -126,7 +126,8 @@ def test_help_shows_every_default_from_the_settings() -> None:
                          ("evaluated and saved.", "lookahead"),
                          ("BatchNorm or biases).", "weight_decay"), ("training loss (0: off).", "label_smoothing"),
                          ("trained with 0.3).", "affine_p"), ("with the mean).", "cutout_p"),
-                         ("network: 0.2).", "tone_p"), ("stays); 0: off.", "aug_fade")]:
+                         ("network: 0.2).", "tone_p"), ("stays); 0: off.", "aug_fade"),
+                         ("the augmentation (0: off).", "mixup")]:
         assert f"{option} [default: ({getattr(DEFAULTS, name)})]" in text
 
 

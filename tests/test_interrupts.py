@@ -251,3 +251,16 @@ def test_a_run_with_a_whitened_stem_resumes_to_the_same_run(splits: tuple, tmp_p
     cut_mid_epoch = load_checkpoint(tmp_path / "cut" / "last.safetensors")
     train(settings, *splits, tmp_path / "cut", CPU, model_spec=spec, resume=cut_mid_epoch)
     _assert_same_run(tmp_path / "cut", tmp_path / "whole")
+
+
+def test_a_mixup_run_resumes_mid_epoch_to_the_same_run(splits: tuple, reference: Path, tmp_path: Path) -> None:
+    """--mixup draws each step's blend from (seed, epoch, step): a resumed run blends as the whole one did."""
+    mixed = replace(SETTINGS, mixup=0.4)
+    whole = train(mixed, *splits, tmp_path / "whole", CPU)
+    with pytest.raises(TrainingInterrupted):
+        train(mixed, *splits, tmp_path / "cut", CPU, observer=SignalAt(signal.SIGINT, epoch=2, step=10))
+    train(mixed, *splits, tmp_path / "cut", CPU, resume=load_checkpoint(tmp_path / "cut" / "last.safetensors"))
+    _assert_same_run(tmp_path / "cut", tmp_path / "whole")
+    # Blended batches are harder to fit: the same run without mixup ends with a lower training loss.
+    assert whole.history[-1].train_loss > _history(reference)[-1]["train_loss"]
+    assert whole.history[-1].test_acc > 0.5  # and it still learns (10 classes: chance is 0.1)

@@ -120,6 +120,7 @@ def test_bad_train_options_fail_cleanly(tiny_data: Path, tmp_path: Path) -> None
     for flag in ("--affine-p", "--cutout-p", "--tone-p"):
         assert_clean_error(cli("train", flag, "1.5", "--data-dir", tiny_data), flag, "probability")
     assert_clean_error(cli("train", "--aug-fade", "-0.1", "--data-dir", tiny_data), "--aug-fade", "fraction")
+    assert_clean_error(cli("train", "--mixup", "-1", "--data-dir", tiny_data), "--mixup", "Beta concentration")
     assert_clean_error(cli("train", "--lookahead", "0.95", "--ema", "0.999", "--data-dir", tiny_data),
                        "--ema and --lookahead", "choose one")
     blocker = tmp_path / "a-file"
