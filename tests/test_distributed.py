@@ -85,7 +85,8 @@ _STOPS = network_with_event(22, 'os.environ.get("STOP_FOR_TEST") and os.kill(os.
 def test_a_group_stopped_mid_epoch_resumes_to_the_same_history(tiny_data: Path, tmp_path: Path) -> None:
     spec = write_network(tmp_path / "stops.py", _STOPS)
     common = ("--model", spec, "--epochs", "3", "--batch-size", "8", "--seed", "5", "--data-dir", str(tiny_data))
-    assert _torchrun(*common, "--out", str(tmp_path / "whole")).returncode == 0
+    whole = _torchrun(*common, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
 
     stopped = _torchrun(*common, "--out", str(tmp_path / "cut"), env={"STOP_FOR_TEST": "1"})
     assert stopped.returncode != 0 and "Resume with:" in stopped.stderr, stopped.stderr[-2000:]
