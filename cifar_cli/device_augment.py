@@ -2,16 +2,17 @@
 
 Albumentations (augment.py) stays the reference, the CPU path and augment-preview's engine. This module
 draws the same parameters from the same distributions and applies them to a whole uint8 batch on its
-device, reproducing Albumentations 2.0.8 and OpenCV pixel for pixel. Their quirks are part of the spec
-(each measured in tests/test_device_augment.py):
+device, reproducing Albumentations 2.0.8 and OpenCV 5 pixel for pixel but for ties (a warped value whose
+exact bilinear value is a half level, which float rounding order sends either way). Their quirks are part
+of the spec (each measured in tests/test_device_augment.py):
 
 - Affine's translation is `int(u * 32)` for u ~ U(-0.0625, 0.0625): a whole-pixel shift of -1, 0 or +1
   (0 half the time), never the 2 pixels the range suggests. x and y scale independently (keep_ratio is
   False), and the rotation turns about the pixel grid's centre (15.5, 15.5).
 - The warp's border is the fill rounded to uint8 (OpenCV: 125, 123, 114); CoarseDropout's hole is the
   fill truncated (numpy's cast: 125, 122, 113).
-- OpenCV 5's bilinear warp samples at float32 positions and blends in float32 (older OpenCVs rounded
-  positions to 1/32 pixel); so does `warp_affine`.
+- OpenCV 5's bilinear warp samples at float32 positions and blends in float32, so each value is the exact
+  one rounded (OpenCV 4 rounded positions to 1/32 pixel); so does `warp_affine`.
 - RandomBrightnessContrast truncates: uint8(clip(v * alpha + beta)) in float32, with alpha = 1 + U(-0.2,
   0.2) and beta = 255 * U(-0.2, 0.2).
 
