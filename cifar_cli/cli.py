@@ -751,13 +751,14 @@ def lr_find(
     """Learning-rate range test: train from fresh weights with the lr growing each mini-batch, plot the loss,
     and suggest the one-cycle peak (--lr). Touches no run folder."""
     from cifar_cli.data import load_split
-    from cifar_cli.explain import lr_range_test
+    from cifar_cli.explain import check_lr_range, lr_range_test
     from cifar_cli.files import check_output
     from cifar_cli.models import resolve_model
     from cifar_cli.report import write_lr_plot
     from cifar_cli.runtime import resolve_device
 
     out_file = check_output(out_file, ".png", "--out")
+    check_lr_range(start, end, steps)
     settings = DEFAULTS.with_options(batch_size=batch_size, seed=seed)
     settings.validate()
     torch_device = resolve_device(DeviceName(device).value)
@@ -772,8 +773,9 @@ def lr_find(
                      "lrs": finding.lrs, "losses": finding.losses, "smoothed": finding.smoothed})
         return
     stop = f"; the loss exploded at lr {finding.diverged_at:.3g}" if finding.diverged_at else ""
-    out.print(f"Suggested peak lr: [bold]{finding.suggestion:.3g}[/] ({finding.how}){stop}. "
-              f"The default --lr is {DEFAULTS.lr:g}. Wrote [bold]{_literal(out_file)}[/]", soft_wrap=True)
+    said = (f"No suggested peak lr: {finding.how}" if finding.suggestion is None
+            else f"Suggested peak lr: [bold]{finding.suggestion:.3g}[/] ({finding.how}){stop}")
+    out.print(f"{said}. The default --lr is {DEFAULTS.lr:g}. Wrote [bold]{_literal(out_file)}[/]", soft_wrap=True)
 
 
 @app.command()

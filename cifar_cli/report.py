@@ -254,8 +254,9 @@ def write_lr_plot(finding: object, path: Path, current_lr: float) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     ax.plot(finding.lrs, finding.losses, color="tab:blue", alpha=0.25, linewidth=1, label="loss per mini-batch")
     ax.plot(finding.lrs, finding.smoothed, color="tab:blue", linewidth=2, label="smoothed loss")
-    ax.axvline(finding.suggestion, color="tab:green", linestyle="--",
-               label=f"suggested peak lr {finding.suggestion:.3g}")
+    if finding.suggestion is not None:  # a curve with no falling stretch suggests nothing
+        ax.axvline(finding.suggestion, color="tab:green", linestyle="--",
+                   label=f"suggested peak lr {finding.suggestion:.3g}")
     ax.axvline(finding.lowest, color="tab:gray", linestyle=":", label=f"lowest loss at lr {finding.lowest:.3g}")
     ax.axvline(current_lr, color="tab:orange", linestyle="-.", label=f"--lr default {current_lr:g}")
     if finding.diverged_at is not None:

@@ -7,6 +7,7 @@ lr-find: a range is checked before any training, and the finding says so when it
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import stat
@@ -19,6 +20,7 @@ from PIL import EpsImagePlugin, Image
 
 from cifar_cli.data import load_image
 from cifar_cli.errors import CifarError
+from cifar_cli.explain import MIN_START_LR, finding_from, lr_schedule
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\nshowpage\n"
 
@@ -167,3 +169,76 @@ def test_cmyk_pictures_show_their_colours(tmp_path: Path) -> None:
     Image.new("CMYK", (8, 8), (255, 0, 0, 0)).save(tmp_path / "cyan.jpg", quality=95)
     assert np.abs(load_image(tmp_path / "cyan.jpg", size=8).astype(int) - (0, 255, 255)).max() <= 8
 
+
+# --- lr-find: ranges checked, schedules finite --------------------------------------------------------------
+
+@pytest.mark.parametrize("start, end", [
+    ("1", "0.1"), ("0.1", "0.1"),  # not rising
+    ("0", "1"), ("-1", "1"), ("1e-300", "1e6"), ("5e-324", "1"),  # not positive, or too small to move a weight
+    ("nan", "1"), ("1e-3", "nan"), ("1e-3", "inf"), ("-inf", "1"),  # not finite
+    ("1e-3", "1e7"), ("1e-3", "1e300"),  # past any usable lr
+])
+def test_lr_ranges_that_cannot_run_are_one_line_errors(tiny_data: Path, tmp_path: Path, start: str,
+                                                       end: str) -> None:
+    assert_clean_error(cli("lr-find", "--start", start, "--end", end, "--data-dir", tiny_data, "--device", "cpu",
+                           "--out", tmp_path / "lr.png"), "--start must be below --end", "1e-10", "1e+06")
+    assert not (tmp_path / "lr.png").exists()
+
+
+def test_the_widest_accepted_range_is_a_finite_geometric_schedule() -> None:
+    for steps in (2, 3, 200, 100_000):
+        lrs = np.array(lr_schedule(MIN_START_LR, 1e6, steps))
+        assert np.isfinite(lrs).all() and lrs[0] == MIN_START_LR and lrs[-1] == pytest.approx(1e6, rel=1e-12)
+        assert np.diff(np.log(lrs)) == pytest.approx(np.full(steps - 1, math.log(1e16) / (steps - 1)))
+
+
+def test_an_extreme_but_valid_range_runs_and_reports_only_finite_lrs(tiny_data: Path, tmp_path: Path) -> None:
+    result = cli("lr-find", "--start", "1e-10", "--end", "1e6", "--steps", "4", "--batch-size", "32",
+                 "--data-dir", tiny_data, "--device", "cpu", "--out", tmp_path / "lr.png", "--json")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    lrs = json.loads(result.stdout)["lrs"]
+    assert all(isinstance(lr, float) and math.isfinite(lr) for lr in lrs) and lrs == sorted(lrs)
+    assert lrs[0] == pytest.approx(1e-10) and (tmp_path / "lr.png").stat().st_size > 1000
+
+
+# --- lr-find: a suggestion only where the loss fell -------------------------------------------------------
+
+def _curve(losses: list[float]):
+    return finding_from(np.geomspace(1e-5, 10, len(losses)).tolist(), losses)
+
+
+def test_a_loss_that_explodes_at_once_gives_no_suggestion() -> None:
+    for losses in ([2.3, 2.4, 5.0, 40.0, math.nan], [2.3, math.inf], [2.3, 9.0, 30.0, 80.0, 200.0, 900.0, 1e4]):
+        finding = _curve(losses)
+        assert finding.suggestion is None and finding.diverged_at is not None, losses
+        assert "exploded" in finding.how and "lower --start" in finding.how
+
+
+def test_a_loss_that_never_falls_gives_no_suggestion() -> None:
+    flat = (2.3 + 0.01 * np.sin(np.arange(60))).tolist()
+    finding = _curve(flat)
+    assert finding.suggestion is None and finding.diverged_at is None
+    assert "never fell" in finding.how and "raise --end" in finding.how
+
+
+def test_a_fall_too_short_to_judge_gives_no_suggestion() -> None:
+    assert _curve([2.3, 0.5, 0.4, 60.0, math.nan]).suggestion is None  # lowest at step 3: two falls, no stretch
+
+
+def test_a_loss_that_falls_then_explodes_suggests_a_tenth_of_its_lowest_point() -> None:
+    losses = [*np.linspace(2.3, 1.0, 40), *np.geomspace(1.2, 50, 8)]
+    finding = _curve(losses)
+    assert finding.diverged_at is not None and finding.suggestion == pytest.approx(finding.lowest / 10)
+    assert finding.lrs[0] < finding.suggestion < finding.lowest < finding.diverged_at
+    assert "falls steadily" in finding.how
+
+
+def test_lr_find_says_when_it_cannot_suggest(tiny_data: Path, tmp_path: Path) -> None:
+    args = ("lr-find", "--start", "1e4", "--end", "1e6", "--steps", "8", "--batch-size", "32",
+            "--data-dir", tiny_data, "--device", "cpu", "--out", tmp_path / "lr.png")
+    report = json.loads(cli(*args, "--json").stdout)
+    assert report["suggestion"] is None and report["how"].startswith("the loss ")
+    said = cli(*args)
+    assert said.exit_code == 0, (said.stderr, said.exception)
+    assert "No suggested peak lr: the loss " in " ".join(said.stdout.split()) and "Suggested" not in said.stdout
+    assert (tmp_path / "lr.png").stat().st_size > 1000
