@@ -5,6 +5,8 @@ Everything that came from the user or from a file is printed through `_literal`,
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import math
@@ -12,7 +14,8 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -20,13 +23,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cifar_cli import __version__
 from cifar_cli.errors import CifarError
+from cifar_cli.interrupts import NotedInterrupts, signal_arrived
 from cifar_cli.settings import AUGMENT_PLACES, DEFAULT_MODEL, DEFAULTS, DEVICES, EVAL_BATCH_SIZE
+from cifar_cli.terminal import console, literal
 
 if TYPE_CHECKING:  # the commands import the heavy modules (torch) only when they run
     import torch
@@ -42,15 +46,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-
-def _literal(value: object) -> str:
-    """A path, name or message from the user or a file, shown as written: '[red]' stays '[red]', and
-    control characters (terminal escape codes) are shown as escapes instead of acting on the terminal."""
-    text = "".join(c if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127) else repr(c)[1:-1] for c in str(value))
-    return escape(text)
+out = console()
+err = console(stderr=True)
+_literal = literal  # every path, name or message from the user or a file is printed through it
 
 
 # Options shared by several commands, declared once.
@@ -77,7 +75,9 @@ TTA = Annotated[bool | None, typer.Option(
 
 
 def _fails_cleanly(command: Callable) -> Callable:
-    """A CifarError (bad input) becomes one line on stderr and exit code 2, never a traceback.
+    """A CifarError (bad input) becomes one line on stderr and exit code 2, never a traceback. So does code
+    the command ran (a user's network) ending the program: SystemExit, or a KeyboardInterrupt that no real
+    Ctrl-C caused. Under --json, stdout holds the JSON alone: whatever else prints goes to stderr.
 
     Under torchrun every process meets the same error; only the first one says it.
     """
@@ -85,13 +85,95 @@ def _fails_cleanly(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with NotedInterrupts(), _stdout_for_json_only(kwargs.get("as_json", False)), _warnings_in_one_line():
+                return command(*args, **kwargs)
         except CifarError as e:
-            if os.environ.get("RANK", "0") == "0":
-                err.print(f"[bold red]error:[/] {_literal(e)}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            _error(str(e))
+        except (OSError, SystemExit) as e:
+            if (lost := _output_lost(e)) is None:
+                if isinstance(e, OSError):
+                    raise
+                _error(_ended_by_code(e, kwargs.get("model")))
+            else:
+                _stdout_lost(lost)
+        except (KeyboardInterrupt, GeneratorExit) as e:
+            if isinstance(e, KeyboardInterrupt) and signal_arrived():
+                raise
+            _error(_ended_by_code(e, kwargs.get("model")))
+        raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _ended_by_code(e: BaseException, model: str | None) -> str:
+    """Code the command ran, not a real signal, tried to end the program (user code called outside
+    models.spec.user_code, which words it more exactly)."""
+    what = f"called sys.exit({'' if e.code is None else repr(e.code)})" if isinstance(e, SystemExit) \
+        else f"raised {type(e).__name__}"
+    who = f"--model {model}: its code" if model and ":" in model else "code this command ran"
+    return f"{who} {what}, which ends the program; a network must raise an exception instead"
+
+
+def _error(message: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        err.print(f"[bold red]error:[/] {_literal(message)}", soft_wrap=True)
+
+
+def _output_lost(e: BaseException) -> OSError | None:
+    """The error that kept our output from stdout (a full disk, a closed pipe), if that is what `e` is."""
+    if isinstance(e, SystemExit) and isinstance(e.__context__, BrokenPipeError):
+        return e.__context__  # Rich gives up on a closed pipe this way
+    lost = (errno.ENOSPC, errno.EPIPE, errno.EDQUOT, errno.EFBIG, errno.EIO)
+    return e if isinstance(e, OSError) and e.errno in lost and e.filename is None else None
+
+
+def _stdout_lost(e: OSError) -> None:
+    """Say so on stderr once, and send what stdout still holds nowhere, so that Python's flush at exit
+    does not fail again with a traceback."""
+    _error(f"cannot write to standard output: {e.strerror or e}")
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (a test's captured output)
+        pass
+
+
+@contextlib.contextmanager
+def _warnings_in_one_line() -> Iterator[None]:
+    """A library's warning (torch, Pillow, Albumentations) is shown as one 'warning:' line, not as Python's
+    two lines naming a file and line deep inside the library."""
+    def show(message: Warning | str, category: type, *_: Any, **__: Any) -> None:
+        text = str(message).strip().splitlines()
+        if os.environ.get("RANK", "0") == "0":
+            err.print(f"warning: {_literal(text[0] if text else category.__name__)}", soft_wrap=True)
+
+    previous, warnings.showwarning = warnings.showwarning, show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 epoch', '2 epochs', '1,000 images'."""
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
+_json_stdout: list[Any] = []  # while a --json command runs: the real stdout, which only its JSON reaches
+
+
+@contextlib.contextmanager
+def _stdout_for_json_only(as_json: bool) -> Iterator[None]:
+    """Under --json, anything printed by code other than `_print_json` (a user's network calling print,
+    a library) goes to stderr, so that stdout stays one valid JSON document."""
+    if not as_json:
+        yield
+        return
+    _json_stdout.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _json_stdout.pop()
 
 
 def _strict(value: Any) -> Any:
@@ -106,7 +188,8 @@ def _strict(value: Any) -> Any:
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(_strict(data), indent=2, allow_nan=False) + "\n")
+    stdout = _json_stdout[-1] if _json_stdout else sys.stdout
+    stdout.write(json.dumps(_strict(data), indent=2, allow_nan=False) + "\n")
 
 
 def _data_dir(data_dir: Path | None) -> Path:
@@ -243,7 +326,8 @@ def augment_preview(
         out.print("[bold]Training pipeline[/]")
         for line in pipeline:
             out.print(f"  {_literal(line)}", soft_wrap=True)
-        out.print(f"Wrote {len(labels)} images x {views} views to [bold]{_literal(out_file)}[/]")
+        out.print(f"Wrote {_count(len(labels), 'image')} x {_count(views, 'view')} to [bold]{_literal(out_file)}[/]",
+                  soft_wrap=True)
 
 
 class _RichTrainObserver:
@@ -414,6 +498,8 @@ def train(
                       f"saved {_literal(stop.checkpoint)}. Resume with: {_literal(again)}", soft_wrap=True)
         raise typer.Exit(128 + stop.signum) from None
     except KeyboardInterrupt:
+        if not signal_arrived():
+            raise  # raised by code the run called (a network's hook), not a Ctrl-C: _fails_cleanly says so
         last = out_dir / "last.safetensors"
         kept = f"{_literal(last)} holds the last saved state" if last.is_file() else "no checkpoint was written"
         err.print(f"Interrupted; {kept}.", soft_wrap=True)  # before training began, or a second Ctrl-C
@@ -636,7 +722,7 @@ def mistakes(
                      "confusions": confusions})
         return
     wrote = f"; wrote the {len(shown)} most confident to [bold]{_literal(out_file)}[/]" if shown else ": no picture"
-    out.print(f"{len(found):,} of {len(split):,} test images misclassified{wrote}", soft_wrap=True)
+    out.print(f"{len(found):,} of {_count(len(split), 'test image')} misclassified{wrote}", soft_wrap=True)
     out.print("Most common confusions:")
     for c in confusions:
         out.print(f"  {_literal(c['true'])} -> {_literal(c['predicted'])}: {c['count']}")
@@ -691,7 +777,7 @@ def gradcam(
         _print_json({"checkpoint": str(path), "out": str(out_file), "layer": layer, "layer_size": list(size),
                      "target": target.value, "images": rows})
         return
-    out.print(f"Wrote Grad-CAM of {len(rows)} images from layer {_literal(layer)} ({size[0]}x{size[1]}) to "
+    out.print(f"Wrote Grad-CAM of {_count(len(rows), 'image')} from layer {_literal(layer)} ({size[0]}x{size[1]}) to "
               f"[bold]{_literal(out_file)}[/]", soft_wrap=True)
 
 
@@ -805,8 +891,8 @@ def plot(
                      "best_test_acc": best.test_acc, "final_val_acc": last.val_acc, "best_by": summed.key,
                      "best_acc": summed.of(best), "best_epoch": best.epoch})
         return
-    out.print(f"Wrote {_literal(out_file)}: {len(history)} epochs, final {summed.name} accuracy "
-              f"{100 * summed.of(last):.2f}%, best {100 * summed.of(best):.2f}% (epoch {best.epoch})")
+    out.print(f"Wrote {_literal(out_file)}: {_count(len(history), 'epoch')}, final {summed.name} accuracy "
+              f"{100 * summed.of(last):.2f}%, best {100 * summed.of(best):.2f}% (epoch {best.epoch})", soft_wrap=True)
 
 
 @app.command()
@@ -831,8 +917,23 @@ def convert(
     if target.exists() and not overwrite and target.resolve() != source.expanduser().resolve():
         raise CifarError(f"{target} exists; pass --overwrite to replace it")
     ckpt = convert_pytorch_checkpoint(source, target, resolve_model(model))
-    out.print(f"Wrote {_literal(target)} ({len(ckpt.model_state)} tensors, {ckpt.model.describe()})")
+    out.print(f"Wrote {_literal(target)} ({_count(len(ckpt.model_state), 'tensor')}, "
+              f"{_literal(ckpt.model.describe())})", soft_wrap=True)
 
 
 def main() -> None:
-    app(prog_name="cifar")
+    try:
+        app(prog_name="cifar")
+    except SystemExit as e:
+        code = e.code
+    except OSError as e:  # --help or --version, which run before any command, writing to a full disk
+        if (lost := _output_lost(e)) is None:
+            raise
+        _stdout_lost(lost)
+        code = 2
+    try:
+        sys.stdout.flush()  # here, not at exit: Python reports a failed final flush with a traceback
+    except OSError as e:
+        _stdout_lost(e)
+        code = 2
+    sys.exit(code)

@@ -60,6 +60,7 @@ from cifar_cli.data import (
 )
 from cifar_cli.errors import CifarError
 from cifar_cli.models import ModelSpec, create_model, preset_spec
+from cifar_cli.models.spec import check_trainable, user_code
 from cifar_cli.records import EpochRecord, EvalResult, TrainResult, history_from_rows
 from cifar_cli.run_folder import (
     BEST,
@@ -72,7 +73,7 @@ from cifar_cli.run_folder import (
     write_history,
     write_settings,
 )
-from cifar_cli.runtime import Distributed, Runtime, memory_format
+from cifar_cli.runtime import Distributed, Runtime, compile_errors, memory_format
 from cifar_cli.settings import EVAL_BATCH_SIZE, TrainSettings
 
 # With fp16, the loss scaler skips a step whose gradients overflowed; the schedule still moves on, as it
@@ -432,6 +433,7 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     model.to(device, memory_format=memory_format(device))
     plan = EpochBatches(len(train_split), settings.batch_size, settings.seed, dist.rank, dist.world,
                         settings.odds_at, settings.epochs)
+    check_trainable(spec.name, model, device, plan.per_rank, settings.batch_size)
     total_steps = settings.epochs * plan.batches_per_epoch()
     shadow = shadow_weights(model, settings, total_steps)
     if shadow is not None and resume is not None:
@@ -530,7 +532,7 @@ def train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, epoch: in
         # of compiling a second one. Only this dimension: compile(dynamic=True) would give the batch and a
         # 32-pixel side one symbol when the batch is 32, and a tail batch would break that equality.
         torch._dynamo.mark_dynamic(x, 0)
-    with autocast(t.device, t.amp_dtype):
+    with autocast(t.device, t.amp_dtype), compile_errors(t.compiled):
         logits = t.ddp_model(x).float()
     loss = F.cross_entropy(logits, y, label_smoothing=t.settings.label_smoothing)
     if blend is not None:
@@ -539,7 +541,8 @@ def train_step(t: Trainer, images: torch.Tensor, labels: torch.Tensor, epoch: in
             logits, other, label_smoothing=t.settings.label_smoothing)
         y = y if blend.own >= 0.5 else other
     t.optimizer.zero_grad(set_to_none=True)
-    t.scaler.scale(loss).backward()
+    with user_code(t.spec.name, "its backward pass"):  # the network's gradient hooks run here
+        t.scaler.scale(loss).backward()
     t.scaler.step(t.optimizer)
     t.scaler.update()
     t.scheduler.step()
@@ -711,7 +714,8 @@ def train(
     state = RunState.resume(resume, settings) if resume is not None else RunState(settings)
     state.data = _same_data(state.data, identify(train_split))
     if len(state.history) >= settings.epochs:
-        raise CifarError(f"this run already finished its {settings.epochs} epochs; there is nothing to resume")
+        raise CifarError(f"this run already finished its {settings.epochs} epoch{'s' * (settings.epochs != 1)}; "
+                         "there is nothing to resume")
     train_split, val_split = hold_out(train_split, settings.val_split) if settings.val_split else (train_split, None)
     runtime.configure(device, dist)
     spec = model_spec or (resume.model if resume is not None else preset_spec())

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
@@ -15,17 +14,20 @@ from cifar_cli.errors import CifarError
 from cifar_cli.receptive_field import RFLayer
 from cifar_cli.records import EpochRecord, EvalResult, headline
 from cifar_cli.rules import Rule
+from cifar_cli.terminal import literal, visible
 
 
 def layer_summary(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32)) -> tuple[str, list[dict]]:
-    """torchinfo's table (as text) and the same layers as data."""
+    """torchinfo's table (as plain text, to print without markup) and the same layers as data."""
     from torchinfo import summary
 
-    stats = summary(model, input_size=(1, *input_size), col_names=("output_size", "num_params", "kernel_size"),
-                    depth=16, verbose=0, row_settings=("var_names",), col_width=18, device="cpu")
-    # torchinfo prints its unit enum ("Total mult-adds (Units.MEGABYTES): 15.14"); say it as people do.
-    text = re.sub(r"^Total mult-adds.*$", f"Total mult-adds: {stats.total_mult_adds / 1e6:.2f} M", str(stats),
-                  flags=re.MULTILINE)
+    try:
+        stats = summary(model, input_size=(1, *input_size), col_names=("output_size", "num_params", "kernel_size"),
+                        depth=16, verbose=0, row_settings=("var_names",), col_width=18, device="cpu")
+    except RuntimeError as e:  # torchinfo wraps what the forward pass raised, our one-line errors included
+        if isinstance(e.__cause__, CifarError):
+            raise e.__cause__ from None
+        raise
     layers = [
         {"name": info.get_layer_name(show_var_name=True, show_depth=False), "type": info.class_name,
          "depth": info.depth, "output_shape": list(info.output_size),
@@ -33,6 +35,11 @@ def layer_summary(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 3
          "kernel": _kernel(info.kernel_size)}
         for info in stats.summary_list
     ]
+    for info in stats.summary_list:  # names are the user's: one row each, control characters shown
+        info.class_name, info.var_name = visible(info.class_name), visible(info.var_name)
+    # torchinfo prints its unit enum ("Total mult-adds (Units.MEGABYTES): 15.14"); say it as people do.
+    text = re.sub(r"^Total mult-adds.*$", f"Total mult-adds: {stats.total_mult_adds / 1e6:.2f} M", str(stats),
+                  flags=re.MULTILINE)
     return text, layers
 
 
@@ -42,19 +49,13 @@ def _kernel(size: object) -> list[int] | None:
     return [size, size] if isinstance(size, int) else list(size)
 
 
-def _text(value: object) -> str:
-    """A name that came from a file (a checkpoint's class names), shown as written: no markup, and
-    control characters (terminal escape codes) shown as escapes instead of acting on the terminal."""
-    return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value)))
-
-
 def rules_table(rules: list[Rule]) -> Table:
     table = Table(title="Design rules", title_justify="left")
     table.add_column("rule")
     table.add_column("result")
     table.add_column("measured")
     for r in rules:
-        table.add_row(r.name, "[green]pass[/]" if r.passed else "[bold red]FAIL[/]", escape(r.figure))
+        table.add_row(r.name, "[green]pass[/]" if r.passed else "[bold red]FAIL[/]", literal(r.figure))
     return table
 
 
@@ -64,7 +65,7 @@ def presets_table(rows: list[dict]) -> Table:
     for col in ("name", "parameters", "RF", "rules", "description"):
         table.add_column(col, justify="right" if col in ("parameters", "RF") else "left")
     for r in rows:
-        verdict = "[green]all pass[/]" if r["passed"] else "[bold red]fails:[/] " + escape(", ".join(r["failed"]))
+        verdict = "[green]all pass[/]" if r["passed"] else "[bold red]fails:[/] " + literal(", ".join(r["failed"]))
         table.add_row(r["name"], f"{r['parameters']:,}", str(r["receptive_field"]), verdict, r["description"])
     return table
 
@@ -72,11 +73,11 @@ def presets_table(rows: list[dict]) -> Table:
 def receptive_field_table(rows: list[RFLayer]) -> Table:
     table = Table(title="Receptive field, layer by layer (input 32x32)", title_justify="left")
     for col in ("layer", "kind", "kernel", "stride", "dilation", "padding", "jump", "RF", "out"):
-        widest = max((len(getattr(r, "name" if col == "layer" else "kind")) for r in rows), default=4)
+        widest = max((len(visible(getattr(r, "name" if col == "layer" else "kind"))) for r in rows), default=4)
         table.add_column(col, justify="left" if col in ("layer", "kind") else "right",
                          no_wrap=col in ("layer", "kind"), min_width=widest if col in ("layer", "kind") else None)
     for r in rows:
-        table.add_row(escape(r.name), r.kind, str(r.kernel), str(r.stride), str(r.dilation), str(r.padding),
+        table.add_row(literal(r.name), literal(r.kind), str(r.kernel), str(r.stride), str(r.dilation), str(r.padding),
                       str(r.jump_in), str(r.rf), f"{r.out_size}x{r.out_size}")
     return table
 
@@ -86,7 +87,7 @@ def per_class_table(result: EvalResult) -> Table:
     for col in ("class", "images", "correct", "accuracy", "precision"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for row in result.per_class:
-        table.add_row(_text(row["class"]), str(row["count"]), str(row["correct"]),
+        table.add_row(literal(row["class"]), str(row["count"]), str(row["correct"]),
                       f"{100 * row['accuracy']:.1f}%", f"{100 * row['precision']:.1f}%")
     return table
 
@@ -98,7 +99,7 @@ def confusion_table(result: EvalResult) -> Table:
         table.add_column(str(j), justify="right")
     for i, row in enumerate(result.confusion):
         cells = [f"[bold]{v}[/]" if j == i else (str(v) if v else "[dim]0[/]") for j, v in enumerate(row)]
-        table.add_row(f"{i} {_text(result.classes[i])}", *cells)
+        table.add_row(f"{i} {literal(result.classes[i])}", *cells)
     return table
 
 

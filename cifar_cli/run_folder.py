@@ -16,6 +16,7 @@ from typing import Any
 
 from cifar_cli.errors import CifarError
 from cifar_cli.files import write_atomic
+from cifar_cli.interrupts import interrupt_now, note_signal
 from cifar_cli.records import EpochRecord, history_from_rows
 
 LAST, BEST, HISTORY, SETTINGS = "last.safetensors", "best.safetensors", "history.json", "settings.json"
@@ -125,7 +126,8 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.received = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # impatient second Ctrl-C: quit now
+        note_signal(signum)
+        signal.signal(signal.SIGINT, interrupt_now)  # impatient second Ctrl-C: quit now
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only

@@ -6,6 +6,10 @@ None of it changes a CPU run's result; on CUDA the autocast dtype is chosen by w
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -130,7 +134,11 @@ class Runtime:
         return autocast_dtype(device.type, capability, self.amp)
 
     def configure(self, device: torch.device, dist: Distributed) -> None:
-        """Process-wide settings for a run on `device`."""
+        """Process-wide settings for a run on `device`; refuses --compile where it cannot build."""
+        missing = missing_compiler(device.type) if self.compile else None
+        if missing:
+            raise CifarError(f"--compile needs {missing} to build the network's kernels on {device.type}, and "
+                             "none was found; install one or run without --compile")
         if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             # The thread count decides float summation order, so it must not follow --workers: same seed,
             # same run. Processes of one job share the cores.
@@ -142,3 +150,38 @@ class Runtime:
 def memory_format(device: torch.device) -> torch.memory_format:
     # channels_last: 1.4x faster training steps on the CPU (oneDNN), and what tensor cores want on CUDA.
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+
+
+def missing_compiler(device_type: str) -> str | None:
+    """What torch.compile needs to build its kernels on this device, in words, when it cannot be found:
+    on CUDA, Triton builds with a C compiler ($CC, gcc or clang); elsewhere Inductor with a C++ one ($CXX
+    or g++, clang++ on macOS). None when it is there."""
+    if device_type == "cuda":
+        wanted = os.environ.get("CC")
+        found = _runs(wanted) if wanted else bool(shutil.which("gcc") or shutil.which("clang"))
+        return None if found else f"a C compiler ({'$CC=' + wanted if wanted else 'gcc or clang'})"
+    wanted = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+    return None if _runs(wanted) else f"a C++ compiler ({'$CXX=' if os.environ.get('CXX') else ''}{wanted})"
+
+
+def _runs(command: str) -> bool:
+    """Whether `command` names a program that exists (a path, or a name on $PATH; $CC may carry flags)."""
+    program = command.split()[0] if command.split() else ""
+    return bool(program) and shutil.which(program) is not None
+
+
+@contextmanager
+def compile_errors(compiled: bool) -> Iterator[None]:
+    """A torch.compile failure at the first step (it compiles lazily) becomes one line that says to drop --compile."""
+    if not compiled:
+        yield
+        return
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InductorError
+
+    try:
+        yield
+    except (BackendCompilerFailed, InductorError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CifarError(f"--compile: torch.compile could not build the network ({reason[:300]}); "
+                         "run without --compile") from None

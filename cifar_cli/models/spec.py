@@ -8,6 +8,7 @@ and is never a reason to import anything.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -18,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cifar_cli.errors import CifarError
+from cifar_cli.interrupts import signal_arrived
 from cifar_cli.models.config import NUM_CLASSES
 from cifar_cli.models.registry import PRESETS, config_dict
+from cifar_cli.runtime import memory_format
 from cifar_cli.settings import DEFAULT_MODEL
 
 
@@ -100,20 +104,43 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
+def _what_it_did(e: BaseException) -> str:
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({'' if e.code is None else repr(e.code)}); a network must return logits or raise " \
+            "an exception, never end the program"
+    return f"raised {_first_line(e)}"
+
+
+class user_code:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Runs a piece of a user network's code; what it raises becomes the network's fault, in one line.
+
+    SystemExit, GeneratorExit and a KeyboardInterrupt that no real signal caused (the network raised it)
+    would otherwise end the command silently; they always become a CifarError. Ordinary exceptions do
+    only with `every_error`: elsewhere the caller words them. A real Ctrl-C passes through untouched.
+    """
+
+    def __init__(self, spec: str, doing: str, every_error: bool = False):
+        self.spec, self.doing, self.every_error = spec, doing, every_error
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, e: BaseException | None, tb: object) -> bool:
+        if e is None or isinstance(e, CifarError) or (isinstance(e, Exception) and not self.every_error):
+            return False
+        if isinstance(e, KeyboardInterrupt) and signal_arrived():
+            return False
+        raise CifarError(f"--model {self.spec}: {self.doing} {_what_it_did(e)}") from None
+
+
 def _import_factory(spec: str) -> tuple[Callable[[], Any], Path | None]:
     """Import the module a user named and return (its NAME, its source file)."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr.isidentifier():
         raise CifarError(f"--model {spec}: expected FILE.py:NAME or package.module:NAME")
     is_file = target.endswith(".py") or "/" in target or "\\" in target
-    try:
+    with user_code(spec, f"importing {target}", every_error=True):
         module = _import_file(Path(target).expanduser()) if is_file else importlib.import_module(target)
-    except CifarError:
-        raise
-    except BaseException as e:  # a user's module may raise anything while importing, SystemExit included
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        raise CifarError(f"--model {spec}: importing {target} raised {_first_line(e)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise CifarError(f"--model {spec}: {target} has no class or function named {attr}")
@@ -142,25 +169,107 @@ def _import_file(path: Path) -> Any:
 
 def _build_user_network(spec: str, factory: Callable[[], Any]) -> nn.Module:
     """Call the user's factory and check its contract on a real forward pass, in words the user can act on."""
-    try:
+    with user_code(spec, "calling it", every_error=True):
         model = factory()
-    except Exception as e:
-        raise CifarError(f"--model {spec}: calling it raised {_first_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise CifarError(f"--model {spec}: it returned a {type(model).__name__}, not a torch nn.Module")
     if not any(True for _ in model.parameters()):
         raise CifarError(f"--model {spec}: the network has no parameters to train")
+    _guard(spec, model)
     was_training = model.training
     try:
-        with torch.no_grad():
-            out = model.eval()(torch.zeros(2, 3, 32, 32))
-    except Exception as e:
-        raise CifarError(f"--model {spec}: its forward pass on a 2 x 3 x 32 x 32 batch raised {_first_line(e)}") \
-            from None
+        for n in (2, 3):  # two sizes: a forward that assumes one batch size fails on the other
+            with torch.no_grad(), user_code(spec, f"its forward pass on a {n} x 3 x 32 x 32 batch", every_error=True):
+                out = model.eval()(torch.zeros(n, 3, 32, 32))
+            _check_logits(spec, out, n, "")
     finally:
         model.train(was_training)
-    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    if shape != (2, NUM_CLASSES):
-        raise CifarError(f"--model {spec}: a 2 x 3 x 32 x 32 batch gave {shape}; expected (2, {NUM_CLASSES}) "
-                         "logits, one per CIFAR-10 class")
     return model
+
+
+def _check_logits(spec: str, out: Any, n: int, mode: str) -> None:
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (n, NUM_CLASSES):
+        hint = "; forward must keep the batch dimension, e.g. x.flatten(1) or x.view(x.size(0), -1), not a fixed " \
+            "size" if n != 2 and isinstance(out, torch.Tensor) else ""
+        raise CifarError(f"--model {spec}: {mode}a {n} x 3 x 32 x 32 batch gave {shape}; expected ({n}, "
+                         f"{NUM_CLASSES}) logits, one per CIFAR-10 class{hint}")
+
+
+def _guard(spec: str, model: nn.Module) -> None:
+    """Make the network's own methods that cifar-cli calls (forward, init_from_images) run as `user_code`,
+    wherever they are called from: evaluation, training, Grad-CAM, torchinfo. The class keeps its name."""
+    cls = type(model)
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with user_code(spec, "its forward pass"):
+            return cls.forward(self, *args, **kwargs)
+
+    methods: dict[str, Any] = {"forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    init = getattr(cls, "init_from_images", None)
+    if callable(init):
+        def init_from_images(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            with user_code(spec, "its init_from_images", every_error=True):
+                return init(self, *args, **kwargs)
+
+        methods["init_from_images"] = init_from_images
+    with user_code(spec, f"subclassing {cls.__name__}", every_error=True):  # __init_subclass__ is theirs too
+        guarded = type(cls.__name__, (cls,), methods)
+    try:
+        model.__class__ = guarded
+    except TypeError:  # a class whose instances cannot change class (a scripted module): the CLI's net still holds
+        pass
+
+
+def check_trainable(spec: str, model: nn.Module, device: torch.device, images: int, batch_size: int) -> None:
+    """What training needs, tried before the first step, so that a network unfit to train says why in one
+    line instead of failing in the loop: in training mode, batches of 2 and 3 (and of 1 where an epoch of
+    `images` in batches of `batch_size` ends with one) give logits of the right shape, a finite loss, and
+    gradients that reach a parameter. It runs on a copy, the random streams put back, so the run is the
+    same as without it."""
+    with user_code(spec, "copying it", every_error=True):
+        probe = copy.deepcopy(model).train()
+    last = images - (-(-images // batch_size) - 1) * batch_size
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for n in (2, 3, 1) if last == 1 else (2, 3):
+            try:
+                _train_on(spec, probe, device, n)
+            except CifarError as e:
+                if n == 3 and "batch dimension" not in str(e):
+                    raise CifarError(f"{e} (a batch of 2 worked: does forward assume a batch size? use x.flatten(1) "
+                                     "or x.view(x.size(0), -1), not a fixed number)") from None
+                if n == 1:
+                    raise CifarError(f"{e}; with --batch-size {batch_size} each epoch of {images:,} images ends "
+                                     f"with a batch of 1: choose another --batch-size, e.g. "
+                                     f"{_no_single(images, batch_size)}") from None
+                raise
+
+
+def _train_on(spec: str, probe: nn.Module, device: torch.device, n: int) -> None:
+    """One training-mode forward and backward pass of `probe` on a batch of `n` random images."""
+    x = torch.randn(n, 3, 32, 32, device=device).contiguous(memory_format=memory_format(device))
+    probe.zero_grad(set_to_none=True)
+    with user_code(spec, f"in training mode, its forward pass on a batch of {n}", every_error=True):
+        out = probe(x)
+    _check_logits(spec, out, n, "in training mode, ")
+    loss = F.cross_entropy(out.float(), torch.arange(n, device=device) % NUM_CLASSES)
+    if not torch.isfinite(loss):
+        raise CifarError(f"--model {spec}: in training mode its logits for {n} random images give a non-finite loss "
+                         "(NaN or infinity): check forward for a division by zero, a log of 0 or an overflow")
+    if loss.requires_grad:
+        with user_code(spec, f"its backward pass on a batch of {n}", every_error=True):
+            loss.backward()
+    if not any(p.grad is not None for p in probe.parameters()):
+        raise CifarError(f"--model {spec}: no gradient reaches its parameters, so training cannot change it: "
+                         "forward must not detach its output or run under torch.no_grad(), and some parameters "
+                         "must have requires_grad=True")
+
+
+def _no_single(images: int, batch_size: int) -> int:
+    """The batch size nearest `batch_size` that does not leave a last batch of 1 image."""
+    for step in range(1, batch_size + 1):
+        for size in (batch_size + step, batch_size - step):
+            if 2 <= size and images % size != 1:
+                return size
+    return batch_size + 1
