@@ -26,9 +26,9 @@ from torch import nn
 
 from cifar_cli import __version__
 from cifar_cli.data import CLASSES, MEAN, STD
-from cifar_cli.errors import CifarError
+from cifar_cli.errors import CifarError, shell_command
 from cifar_cli.files import read_input, write_atomic
-from cifar_cli.models import LEGACY_MODEL, ModelSpec, create_model, preset_spec
+from cifar_cli.models import DEFAULT_MODEL, LEGACY_MODEL, ModelSpec, create_model, preset_spec
 
 FORMAT = "cifar-cli/1"
 MAX_CHECKPOINT_BYTES = 2**31  # a network under our rules is under 1 MB; 2 GiB leaves room for anyone's
@@ -144,14 +144,14 @@ def _model_spec(metadata: dict[str, str], path: Path) -> ModelSpec:
         raise CifarError(f"{path} is for another architecture: {e}") from None
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Read and validate a checkpoint; any problem becomes a CifarError with a one-line reason."""
+def load_checkpoint(path: Path, model: str | None = None) -> Checkpoint:
+    """Read and validate a checkpoint; any problem becomes a CifarError with a one-line reason. `model`:
+    the --model the user gave, repeated in the command suggested for a pickle."""
     path = Path(path).expanduser()
     raw = read_input(path, MAX_CHECKPOINT_BYTES, "checkpoint")
     if _is_pickle(raw):
         raise CifarError(f"{path} is a PyTorch pickle, and loading a pickle can run any code in it, so cifar-cli "
-                         f"reads only .safetensors; if you trust the file, convert it: "
-                         f"cifar convert {path} {path.with_suffix('.safetensors')}")
+                         f"reads only .safetensors; if you trust the file, convert it: {_convert_hint(path, model)}")
 
     metadata = _read_metadata(raw, path)
     if metadata.get("format") != FORMAT:
@@ -196,6 +196,15 @@ def load_checkpoint(path: Path) -> Checkpoint:
     )
 
 
+def _convert_hint(path: Path, model: str | None) -> str:
+    """The convert command for a pickle: its weights fit one network, which only the user can name."""
+    target = path.with_suffix(".safetensors")
+    if target == path or target.exists():
+        target = path.with_name(f"{path.stem}-converted.safetensors")
+    command = shell_command(["cifar", "convert", path, target, *(["--model", model] if model else [])])
+    return command if model else f"{command} (with --model NAME if it holds another network than {DEFAULT_MODEL})"
+
+
 def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint", raw: bool = False,
                           given: ModelSpec | None = None) -> nn.Module:
     """Build the network the checkpoint describes and load its weights, refusing any mismatch.
@@ -234,11 +243,11 @@ def _spec_to_build(recorded: ModelSpec, given: ModelSpec | None, path: Path | st
     if recorded.is_preset:
         if given is not None and given.name != recorded.name:
             raise CifarError(f"{path} holds {recorded.name}, not {given.name}; drop --model or pass "
-                             f"--model {recorded.name}")
+                             f"{shell_command(['--model', recorded.name])}")
         return recorded
     if given is None:
         raise CifarError(f"{path} holds your own network {recorded.describe()}; cifar-cli never imports code "
-                         f"that a checkpoint names, so pass it yourself: --model {recorded.name}")
+                         f"that a checkpoint names, so pass it yourself: {shell_command(['--model', recorded.name])}")
     return given
 
 

@@ -11,7 +11,6 @@ import functools
 import json
 import math
 import os
-import shlex
 import signal
 import sys
 import warnings
@@ -27,7 +26,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cifar_cli import __version__
-from cifar_cli.errors import CifarError
+from cifar_cli.errors import CifarError, shell_command
 from cifar_cli.interrupts import NotedInterrupts, signal_arrived
 from cifar_cli.settings import AUGMENT_PLACES, DEFAULT_MODEL, DEFAULTS, DEVICES, EVAL_BATCH_SIZE
 from cifar_cli.terminal import console, literal
@@ -364,6 +363,9 @@ class _RichTrainObserver:
     def epoch_end(self, record: Any) -> None:
         self.progress.console.print(self.epoch_line(record, self.epochs), soft_wrap=True)
 
+    def notice(self, message: str) -> None:
+        self.progress.console.print(_literal(message), soft_wrap=True)
+
 
 def _setting_option(name: str, flag: str, help: str, kind: type = int) -> Any:
     """A train option whose default lives in settings.DEFAULTS; None means "not given" (keep a resumed run's)."""
@@ -434,7 +436,9 @@ def train(
     resume: Annotated[Path | None, typer.Option(
         "--resume", help="Continue the run saved in this last.safetensors.", dir_okay=False)] = None,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace the run already in --out (without it, a run there is never written over).")
+        "--overwrite", help="Replace the run already in --out (without it, a run there is never written over). The "
+        "old run is kept in --out/.replaced until the new run saves its first checkpoint (at the end of its first "
+        "epoch), then deleted; if the new run stops before then, the old run is put back.")
     ] = False,
     as_json: Json = False,
 ) -> None:
@@ -448,11 +452,11 @@ def train(
     from cifar_cli.engine import TrainingInterrupted, left_test_out, settings_of
     from cifar_cli.engine import train as run_training
     from cifar_cli.models import resolve_model
-    from cifar_cli.run_folder import default_out_dir
+    from cifar_cli.run_folder import default_out_dir, resume_argv
     from cifar_cli.runtime import Runtime, init_distributed, resolve_device, shutdown_distributed
 
     resume, data_dir = _expand(resume), _expand(data_dir)
-    checkpoint = load_checkpoint(resume) if resume else None
+    checkpoint = load_checkpoint(resume, model) if resume else None
     if test is None:  # resumed by hand after a crash, a tuning run must not start reading the test set
         test = checkpoint is None or not left_test_out(checkpoint)
     settings = (settings_of(checkpoint) if checkpoint else DEFAULTS).with_options(
@@ -487,15 +491,13 @@ def train(
     except TrainingInterrupted as stop:
         shutdown_distributed(together=True)
         if dist.main:
-            device_name = DeviceName(device).value
-            again = shlex.join(["cifar", "train", "--resume", str(stop.checkpoint),
-                                *(["--data-dir", str(data_dir)] if data_dir else []),
-                                *(["--model", model] if model and ":" in model else []),
-                                *(["--device", device_name] if device_name != "auto" else []),
-                                *(["--augment-on", runtime.augment_on] if runtime.augment_on != "auto" else []),
-                                *([] if test else ["--no-test"])])
-            err.print(f"Stopped by {signal.Signals(stop.signum).name} at epoch {stop.epoch}, step {stop.step}; "
-                      f"saved {_literal(stop.checkpoint)}. Resume with: {_literal(again)}", soft_wrap=True)
+            where = f"Stopped by {signal.Signals(stop.signum).name} at epoch {stop.epoch}, step {stop.step}; "
+            if stop.checkpoint is None:
+                err.print(f"{where}{_literal(stop.kept)}.", soft_wrap=True)
+            else:
+                again = shell_command(resume_argv(stop.checkpoint, data_dir, model, DeviceName(device).value,
+                                                  runtime.augment_on, test))
+                err.print(f"{where}saved {_literal(stop.checkpoint)}. Resume with: {_literal(again)}", soft_wrap=True)
         raise typer.Exit(128 + stop.signum) from None
     except KeyboardInterrupt:
         if not signal_arrived():
@@ -567,7 +569,7 @@ def _load_model(path: Path | None, device: str, tta: bool | None,
             raise CifarError(f"no checkpoint given and the packaged one is missing ({PACKAGED_CHECKPOINT}); "
                              "pass a .safetensors file written by cifar train")
         path = PACKAGED_CHECKPOINT
-    ckpt = load_checkpoint(path)  # expands ~ itself
+    ckpt = load_checkpoint(path, model)  # expands ~ itself
     network = model_from_checkpoint(ckpt, path, given=_given_model(model, ckpt))
     torch_device = resolve_device(DeviceName(device).value)
     return path, ckpt, network.to(torch_device), torch_device, DEFAULTS.tta if tta is None else tta

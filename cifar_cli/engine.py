@@ -66,10 +66,13 @@ from cifar_cli.run_folder import (
     BEST,
     HISTORY,
     LAST,
+    Replaced,
     StopSignals,
     claim,
     ensure_writable,
     lock_out_dir,
+    recover,
+    what_survives,
     write_history,
     write_settings,
 )
@@ -258,11 +261,12 @@ class RunState:
 
 
 class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM stopped the run after a resumable checkpoint was written."""
+    """SIGINT/SIGTERM stopped the run: after writing the resumable `checkpoint`, or (None) without saving,
+    when it was replacing a run (--overwrite) and had no checkpoint of its own yet; `kept` says what is left."""
 
-    def __init__(self, signum: int, checkpoint: Path, epoch: int, step: int):
+    def __init__(self, signum: int, checkpoint: Path | None, epoch: int, step: int, kept: str = ""):
         super().__init__(f"{signal.Signals(signum).name} at epoch {epoch}, step {step}")
-        self.signum, self.checkpoint, self.epoch, self.step = signum, checkpoint, epoch, step
+        self.signum, self.checkpoint, self.epoch, self.step, self.kept = signum, checkpoint, epoch, step, kept
 
 
 class _StopRequested(Exception):
@@ -285,6 +289,7 @@ class TrainObserver(Protocol):
     def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
     def step(self, step: int, loss: float, acc: float) -> None: ...
     def epoch_end(self, record: EpochRecord) -> None: ...
+    def notice(self, message: str) -> None: ...  # something done to the run folder the user must know of
 
 
 class _Silent:
@@ -618,7 +623,7 @@ def _first_bad_step(t: Trainer, first_bad: torch.Tensor) -> int:
 
 def _judge_epoch(t: Trainer, state: RunState, totals: EpochTotals, test_split: Split | None,
                  val_split: Split | None, out_dir: Path, seconds: float) -> EpochRecord:
-    """Evaluate the epoch's weights, keep the best, save last.safetensors and history.json (rank 0 only)."""
+    """Evaluate the epoch's weights, keep the best, save history.json, best and last.safetensors (rank 0 only)."""
     def measured(split: Split | None) -> EvalResult | None:
         return None if split is None else evaluate(t.eval_model, split, t.device, amp_dtype=t.amp_dtype,
                                                    tta=t.settings.tta)
@@ -630,13 +635,16 @@ def _judge_epoch(t: Trainer, state: RunState, totals: EpochTotals, test_split: S
         lr=t.optimizer.param_groups[0]["lr"], seconds=seconds, images=totals.seen,
         val_loss=held.loss if held else None, val_acc=held.accuracy if held else None)
     state.history.append(record)
+    state.position = None
+    # In this order, so that a write failing part-way (a full disk) never leaves best.safetensors ahead of
+    # history.json, nor last.safetensors, which --resume reads, claiming a best epoch best.safetensors lacks:
+    # resuming from the previous last.safetensors redoes this epoch and writes all three again.
+    write_history(out_dir / HISTORY, state.history)
     if record.score > state.best_acc:
         state.best_epoch, state.best_acc = record.epoch, record.score
         save_checkpoint(out_dir / BEST, Checkpoint(t.spec, t.eval_model.state_dict(), epoch=record.epoch,
                                                    metrics=record.metrics()))
-    state.position = None
     _save_last(t, state, out_dir)
-    write_history(out_dir / HISTORY, state.history)
     return record
 
 
@@ -662,28 +670,53 @@ def _same_data(recorded: dict[str, Any], found: dict[str, Any]) -> dict[str, Any
     return found
 
 
-def _on_disk(state: RunState, resumed: bool) -> str:
-    """What last.safetensors holds right now, in words, for messages that say what survived."""
-    if state.history:
-        return f"last.safetensors keeps epoch {len(state.history)}"
-    return "last.safetensors keeps the resumed state" if resumed else "no checkpoint was written yet"
-
-
-def _interrupted(stop: StopSignals, out_dir: Path, epoch: int, step: int) -> TrainingInterrupted:
-    return TrainingInterrupted(stop.received or signal.SIGTERM, out_dir / LAST, epoch, step)
+def _notice(observer: TrainObserver, message: str | None) -> None:
+    if message and hasattr(observer, "notice"):  # observers that predate notices draw progress only
+        observer.notice(message)
 
 
 def _prepare_out_dir(stack: ExitStack, out_dir: Path, t: Trainer, sizes: dict[str, int], continuing: bool,
-                     overwrite: bool) -> None:
-    """Rank 0 owns the run folder: writable, locked for this run, with settings.json saying what it does."""
-    ensure_writable(out_dir)
+                     overwrite: bool, observer: TrainObserver) -> Replaced | None:
+    """Rank 0 owns the run folder: locked for this run, writable, with settings.json saying what it does.
+    Returns the run that --overwrite set aside, put back on any way out until `drop` is called."""
     stack.enter_context(lock_out_dir(out_dir))
-    claim(out_dir, continuing, overwrite)
+    ensure_writable(out_dir)
+    _notice(observer, recover(out_dir))
+    replaced = claim(out_dir, continuing, overwrite)
+    if replaced is not None:
+        stack.callback(lambda: replaced.pending and replaced.put_back())
+        _notice(observer, f"--overwrite: the run that was in {out_dir} is kept in {replaced.folder} until this "
+                "run saves its first checkpoint (at the end of its first epoch), then deleted; it is put back if "
+                "this run stops before then")
     write_settings(out_dir, {"settings": t.settings.to_dict(), "model": t.spec.to_dict(), "data": sizes,
                              "device": str(t.device), "processes": t.dist.world,
                              "amp": str(t.amp_dtype).removeprefix("torch.") if t.amp_dtype else None,
                              "augment_on": "device" if isinstance(t.loader, DeviceBatches) else "loader",
                              "torch": torch.__version__, "cifar_cli": __version__})
+    return replaced
+
+
+def _stopped(stop: StopSignals, t: Trainer, state: RunState, at: EpochTotals, out_dir: Path,
+             replaced: Replaced | None) -> TrainingInterrupted:
+    """Save where a stopped epoch had got to; but a run replacing another (--overwrite) that has no
+    checkpoint of its own yet puts the old run back instead, as promised."""
+    signum, epoch = stop.received or signal.SIGTERM, at.epoch
+    if replaced is not None and replaced.pending:
+        return TrainingInterrupted(signum, None, epoch, at.batches,
+                                   f"nothing of this run was saved; {replaced.put_back()}")
+    if t.dist.main:
+        state.position = at
+        _save_last(t, state, out_dir)
+    return TrainingInterrupted(signum, out_dir / LAST, epoch, at.batches)
+
+
+def _diverged(state: RunState, out_dir: Path, epoch: int, first_epoch: int, resume: Checkpoint | None,
+              replaced: Replaced | None) -> str:
+    """What a diverged run leaves, naming only files that exist now."""
+    if replaced is not None and replaced.pending:
+        return f"nothing of this run was saved; {replaced.put_back()}"
+    saved = len(state.history) if epoch > first_epoch else None
+    return what_survives(out_dir, saved, resume.source if resume is not None else None)
 
 
 def train(
@@ -728,25 +761,28 @@ def train(
                      "test": len(test_split) if test_split is not None else 0}
             continuing = resume is not None and resume.source is not None and (
                 resume.source.resolve() == (out_dir / LAST).resolve())
-            _prepare_out_dir(stack, out_dir, t, sizes, continuing, overwrite)
+            replaced = _prepare_out_dir(stack, out_dir, t, sizes, continuing, overwrite, observer)
+        else:
+            replaced = None
         stop = stack.enter_context(StopSignals())
-        for epoch in range(len(state.history) + 1, settings.epochs + 1):
+        first_epoch = len(state.history) + 1
+        for epoch in range(first_epoch, settings.epochs + 1):
             started = time.perf_counter()
             try:
                 totals = train_one_epoch(t, state.start_of(epoch), stop, observer)
             except _StopRequested as at:
-                if dist.main:
-                    state.position = at.totals
-                    _save_last(t, state, out_dir)
+                interrupted = _stopped(stop, t, state, at.totals, out_dir, replaced)
                 _sum_across(t, 0.0)  # the others wait for the save: torchrun stops them all when one exits
-                raise _interrupted(stop, out_dir, epoch, at.totals.batches) from None
+                raise interrupted from None
             except _Diverged as bad:
                 raise CifarError(f"training diverged: the loss became non-finite at epoch {epoch}, step "
-                                 f"{bad.step}; {_on_disk(state, resume is not None)}; try a lower --lr "
-                                 f"(now {settings.lr})") from None
+                                 f"{bad.step}; {_diverged(state, out_dir, epoch, first_epoch, resume, replaced)}; "
+                                 f"try a lower --lr (now {settings.lr})") from None
             if dist.main:
                 observer.epoch_end(_judge_epoch(t, state, totals, test_split, val_split, out_dir,
                                                 time.perf_counter() - started))
+                if replaced is not None and replaced.pending:
+                    replaced.drop()  # this run has its first checkpoint: the one it replaces goes
             if _sum_across(t, float(stop.received or 0))[0].item() and epoch < settings.epochs:
-                raise _interrupted(stop, out_dir, epoch + 1, 0)
+                raise TrainingInterrupted(stop.received or signal.SIGTERM, out_dir / LAST, epoch + 1, 0)
     return TrainResult(state.history, out_dir, state.best_epoch, state.best_acc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from rich.table import Table
 from torch import nn
 
 from cifar_cli.errors import CifarError
+from cifar_cli.files import write_atomic
 from cifar_cli.receptive_field import RFLayer
 from cifar_cli.records import EpochRecord, EvalResult, headline
 from cifar_cli.rules import Rule
@@ -137,11 +139,9 @@ def write_image_grid(rows: list[tuple[str, np.ndarray, list[np.ndarray]]], path:
         for c, image in enumerate([original, *views]):
             tile = Image.fromarray(image).resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (label_w + pad + c * (cell_w + pad), y))
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        canvas.save(path, format="PNG")
-    except (OSError, ValueError) as e:
-        raise CifarError(f"cannot write {path}: {e}") from None
+    png = io.BytesIO()
+    canvas.save(png, format="PNG")
+    _write_png(path, png)
 
 
 def write_training_curves(history: list[EpochRecord], path: Path, title: str = "") -> None:
@@ -196,12 +196,22 @@ def _pyplot():  # noqa: ANN202 - matplotlib's module
 def _save(fig: object, path: Path) -> None:
     plt = _pyplot()
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    except (OSError, ValueError) as e:
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
+        _write_png(path, png)
+    except ValueError as e:  # matplotlib's word for a picture it cannot draw
         raise CifarError(f"cannot write {path}: {e}") from None
     finally:
         plt.close(fig)
+
+
+def _write_png(path: Path, png: io.BytesIO) -> None:
+    """Every picture is written here: atomically, and never through a link (files.write_atomic)."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(path), png.getvalue())
+    except OSError as e:
+        raise CifarError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def write_mistakes_grid(images: np.ndarray, titles: list[str], path: Path, heading: str) -> None:

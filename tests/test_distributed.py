@@ -74,7 +74,8 @@ def test_a_diverging_group_says_so_once_with_the_real_step(tiny_data: Path, tmp_
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if "training diverged" in line]
     assert len(lines) == 1, done.stderr[-3000:]  # one process speaks, not each
-    assert "non-finite at epoch 2, step 4; last.safetensors keeps epoch 1" in lines[0]  # the step, not a sum
+    # the step, not a sum; and the file that exists
+    assert f"non-finite at epoch 2, step 4; {tmp_path / 'run' / 'last.safetensors'} keeps epoch 1" in lines[0]
 
 
 # Asks its own process to stop (SIGTERM) at its 22nd training batch when told to: epoch 2, step 3 of 19,

@@ -81,8 +81,8 @@ def _start_cli(tiny_data: Path, out: Path, *extra: str) -> subprocess.Popen:
 def _wait_for_epoch(out: Path, process: subprocess.Popen, epochs: int = 1) -> None:
     deadline = time.monotonic() + 600  # generous: a loaded CI machine can be many times slower
     while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if len(json.loads((out / "history.json").read_text())) >= epochs:
+        try:  # last.safetensors is an epoch's final write: history.json, best, then last
+            if len(json.loads((out / "history.json").read_text())) >= epochs and (out / "last.safetensors").exists():
                 return
         except (FileNotFoundError, ValueError):
             pass
@@ -125,7 +125,7 @@ _POISONED = network_with_event(24, TURN_NON_FINITE)
 
 def test_non_finite_loss_stops_with_epoch_step_and_hint(splits: tuple, tmp_path: Path) -> None:
     spec = resolve_model(write_network(tmp_path / "poisoned.py", _POISONED))
-    expected = r"non-finite at epoch 2, step 5; last.safetensors keeps epoch 1; .*lower --lr"
+    expected = r"non-finite at epoch 2, step 5; \S*/run/last\.safetensors keeps epoch 1; .*lower --lr"
     with pytest.raises(CifarError, match=expected):
         train(SETTINGS, *splits, tmp_path / "run", CPU, model_spec=spec)
     good = load_checkpoint(tmp_path / "run" / "last.safetensors")
