@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
@@ -31,6 +32,7 @@ from cifar_cli.files import read_input, write_atomic
 from cifar_cli.models import LEGACY_MODEL, ModelSpec, create_model, preset_spec
 
 FORMAT = "cifar-cli/1"
+PROBE_IMAGES = 8  # images of the batch every loaded network must give finite logits for (_probe)
 MAX_EPOCHS = 10**9  # what an epoch count may be; a run of more would take centuries
 MAX_CHECKPOINT_BYTES = 2**31  # a network under our rules is under 1 MB; 2 GiB leaves room for anyone's
 # The 40-epoch default run whose figures the README states, shipped inside the package.
@@ -59,10 +61,23 @@ def weights_only(ckpt: Checkpoint) -> Checkpoint:
     return replace(ckpt, optimizer_tensors={}, train_state=None, raw_state={})
 
 
+class NonFinite(CifarError):
+    """Weights, statistics or results that are NaN or infinite: a network that has diverged."""
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding NaN or infinity, if any."""
+    return next((name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+
+
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    """Write `ckpt` atomically; refuses (NonFinite) weights, statistics or optimizer state that are not finite,
+    so that a diverged network never replaces the last good checkpoint."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in ckpt.model_state.items()}
     tensors.update({f"optimizer.{k}": v.detach().cpu().contiguous() for k, v in ckpt.optimizer_tensors.items()})
     tensors.update({f"raw.{k}": v.detach().cpu().contiguous() for k, v in ckpt.raw_state.items()})
+    if (bad := first_non_finite(tensors)) is not None:
+        raise NonFinite(f"not writing {path}: {bad} holds NaN or infinity")
     metadata = {
         "format": FORMAT,
         "model": json.dumps(ckpt.model.to_dict()),
@@ -245,13 +260,32 @@ def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint", raw
         if got.shape != want.shape or got.dtype != want.dtype:
             raise CifarError(f"{path} does not match the {spec.describe()} architecture: {name} is "
                              f"{got.dtype} {tuple(got.shape)}, expected {want.dtype} {tuple(want.shape)}")
-    bad = next((name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
-    if bad is not None:
+    if (bad := first_non_finite(state)) is not None:
         raise CifarError(f"{path} holds non-finite weights (NaN or infinity in {bad}); it cannot be used")
     if spec.is_preset:
         model = create_model(spec)
     model.load_state_dict(state)
+    _probe(model, ckpt, path)
     return model
+
+
+def _probe(model: nn.Module, ckpt: Checkpoint, path: Path | str) -> None:
+    """Judge what the network computes, not only the numbers stored: finite logits for a small fixed batch of
+    ordinary images (black, white, grey and random pixels), normalised as the checkpoint says. Finite weights
+    of 3e38, or a std of 1e-30, pass every stored-number check and still give infinity."""
+    from cifar_cli.augment import normalize  # the normalisation every command applies
+
+    pixels = np.random.default_rng(0).integers(0, 256, (PROBE_IMAGES, 3, 32, 32), dtype=np.uint8)
+    pixels[:3] = np.array([0, 255, 128], dtype=np.uint8)[:, None, None, None]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            logits = model.eval()(normalize(torch.from_numpy(pixels), ckpt.mean, ckpt.std))
+    finally:
+        model.train(was_training)
+    if not torch.isfinite(logits).all():
+        raise NonFinite(f"{path} holds a network that computes NaN or infinity for ordinary images (a probe "
+                        f"batch of {PROBE_IMAGES}); it cannot be used")
 
 
 def network_spec(ckpt: Checkpoint, given: ModelSpec | None) -> ModelSpec:

@@ -533,7 +533,7 @@ def eval_command(
     held_out, trained_on = images_of_run(ckpt)
     split = eval_split(_data_dir(data_dir), images.value, held_out, download, trained_on)
     result = evaluate(network, split, torch_device, batch_size=batch_size, classes=ckpt.classes,
-                      mean=ckpt.mean, std=ckpt.std, tta=tta)
+                      mean=ckpt.mean, std=ckpt.std, tta=tta, name=str(checkpoint))
     if as_json:
         _print_json({"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "images": len(split),
                      "images_from": images.value, "tta": tta, **result.to_dict()})

@@ -38,6 +38,8 @@ from cifar_cli import __version__, device_augment
 from cifar_cli.augment import BatchAugmenter, normalize, train_pipeline
 from cifar_cli.checkpoint import (
     Checkpoint,
+    NonFinite,
+    first_non_finite,
     flatten_optimizer,
     model_from_checkpoint,
     network_spec,
@@ -105,8 +107,11 @@ def _logits(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = EVAL_BATCH_SIZE,
              classes: tuple[str, ...] = CLASSES, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD,
-             amp_dtype: torch.dtype | None = None, tta: bool = False) -> EvalResult:
-    """Loss, accuracy and confusion matrix; with `tta`, logits are averaged over each image and its mirror."""
+             amp_dtype: torch.dtype | None = None, tta: bool = False, name: str = "the network") -> EvalResult:
+    """Loss, accuracy and confusion matrix; with `tta`, logits are averaged over each image and its mirror.
+
+    A non-finite loss is no result (a NaN network "scores" chance accuracy): NonFinite, naming `name`.
+    """
     was_training = model.training
     model.eval()
     n = len(classes)
@@ -120,6 +125,9 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
         confusion += torch.bincount(labels * n + logits.argmax(1), minlength=n * n)
     model.train(was_training)
     total = max(len(split), 1)
+    if not torch.isfinite(loss_sum).item():
+        raise NonFinite(f"{name} gives NaN or infinite logits for some of these {len(split):,} images; its "
+                        "accuracy would mean nothing")
     matrix = confusion.view(n, n).cpu()
     return EvalResult(loss=loss_sum.item() / total, accuracy=matrix.diag().sum().item() / total,
                       confusion=matrix.tolist(), classes=classes)
@@ -492,10 +500,18 @@ def _first_bad_step(t: Trainer, first_bad: torch.Tensor) -> int:
 
 def _judge_epoch(t: Trainer, state: RunState, totals: EpochTotals, test_split: Split | None,
                  val_split: Split | None, out_dir: Path, seconds: float) -> EpochRecord:
-    """Evaluate the epoch's weights, keep the best, save last.safetensors and history.json (rank 0 only)."""
+    """Evaluate the epoch's weights, keep the best, save last.safetensors and history.json (rank 0 only).
+
+    Raises NonFinite, before anything is written, when the weights, BatchNorm statistics or optimizer state
+    became non-finite although the training loss stayed finite, or the evaluation loss is not finite."""
+    tensors = {**t.model.state_dict(), **{f"saved {k}": v for k, v in t.eval_model.state_dict().items()},
+               **{f"optimizer {k}": v for k, v in flatten_optimizer(t.optimizer)[0].items()}}
+    if (bad := first_non_finite(tensors)) is not None:
+        raise NonFinite(f"{bad} became NaN or infinite")
+
     def measured(split: Split | None) -> EvalResult | None:
         return None if split is None else evaluate(t.eval_model, split, t.device, amp_dtype=t.amp_dtype,
-                                                   tta=t.settings.tta)
+                                                   tta=t.settings.tta, name=f"epoch {totals.epoch}'s network")
 
     test, held = measured(test_split), measured(val_split)
     record = EpochRecord(
@@ -612,8 +628,13 @@ def train(
                                  f"{bad.step}; {_on_disk(state, resume is not None)}; try a lower --lr "
                                  f"(now {settings.lr})") from None
             if dist.main:
-                observer.epoch_end(_judge_epoch(t, state, totals, test_split, val_split, out_dir,
-                                                time.perf_counter() - started))
+                try:
+                    record = _judge_epoch(t, state, totals, test_split, val_split, out_dir,
+                                          time.perf_counter() - started)
+                except NonFinite as bad:
+                    raise CifarError(f"training diverged at epoch {epoch}: {bad}; {_on_disk(state, resume is not None)}"
+                                     f"; try a lower --lr (now {settings.lr})") from None
+                observer.epoch_end(record)
             if _sum_across(t, float(stop.received or 0))[0].item() and epoch < settings.epochs:
                 raise _interrupted(stop, out_dir, epoch + 1, 0)
     return TrainResult(state.history, out_dir, state.best_epoch, state.best_acc)

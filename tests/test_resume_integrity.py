@@ -135,3 +135,220 @@ def test_an_option_given_on_resume_overrides_the_run_and_says_so(tiny_data: Path
     assert "--augment-on loader overrides what this run began with (--augment-on device)" in said
     assert json.loads((out / "settings.json").read_text())["augment_on"] == "loader"
     assert json.loads((out / "history.json").read_text())[-1]["test_acc"] is None  # --no-test still kept
+
+
+# --- 11. every field read from a file is checked before use -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stopped(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A run stopped inside its first epoch (read-only by convention: forge copies of its last.safetensors)."""
+    return _stopped_run(tiny_data, tmp_path_factory.mktemp("stopped"))
+
+
+def _resume(forged: Path, net: str, tiny_data: Path, tmp_path: Path):  # noqa: ANN202
+    return cli("train", "--resume", forged, "--model", net, "--data-dir", tiny_data, "--device", "cpu",
+               "--out", tmp_path / "r")
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("scheduler", {"total_steps": 10**9}, "scheduler.total_steps"),
+    ("scheduler", {"last_epoch": 10**6}, "scheduler.last_epoch"),
+    ("scheduler", {"_last_lr": [float("nan"), 0.1]}, "scheduler._last_lr"),
+    ("optimizer", {"param_groups": [{"lr": 1e30}]}, "param_groups"),
+    ("optimizer", {"scalars": {"².step": 1}}, "optimizer state"),
+    ("optimizer", {"scalars": {"0.step": 10**400}}, "optimizer state"),
+    ("position", {"epoch": 1, "batches": 3, "loss_sum": float("inf"), "correct": 0, "seen": 0}, "position.loss_sum"),
+    ("best_acc", 10**400, "best_acc"),
+    ("data", {"train": {"images": "300", "sha256": "0" * 64}}, "data.train.images"),
+    ("choices", {"test": "yes", "augment_on": "loader", "amp": None}, "choices.test"),
+    ("settings", {"momentum": float("nan")}, "momentum"),
+    ("settings", {"epochs": 10**400}, "epochs"),
+])
+def test_a_forged_training_state_field_is_named_not_a_traceback(stopped: tuple[Path, str], tiny_data: Path,
+                                                                tmp_path: Path, field: str, value: object,
+                                                                words: str) -> None:
+    last = stopped[0] / "last.safetensors"
+    state = _train_state(last)
+    if isinstance(value, dict) and isinstance(state.get(field), dict):
+        if field == "optimizer" and "param_groups" in value:
+            value = {"param_groups": [{**state[field]["param_groups"][0], **value["param_groups"][0]},
+                                      *state[field]["param_groups"][1:]]}
+        value = {**state[field], **value}
+    state[field] = value
+    forged = _forge(last, tmp_path / "last.safetensors", train_state=json.dumps(state))
+    assert_clean_error(_resume(forged, stopped[1], tiny_data, tmp_path), str(forged), words, "cannot be resumed")
+
+
+def test_non_finite_optimizer_state_is_named_not_blamed_on_the_lr(stopped: tuple[Path, str], tiny_data: Path,
+                                                                  tmp_path: Path) -> None:
+    last = stopped[0] / "last.safetensors"
+    tensors = load_file(last)
+    name = next(k for k in tensors if k.startswith("optimizer."))
+    tensors[name][...] = float("nan")
+    forged = _forge(last, tmp_path / "last.safetensors", tensors)
+    result = _resume(forged, stopped[1], tiny_data, tmp_path)
+    assert_clean_error(result, name.removeprefix("optimizer."), "NaN or infinity")
+    assert "--lr" not in result.stderr
+
+
+@pytest.mark.parametrize("epoch", ["²", "٣", "1" * 40, "-1", "1e3"])
+def test_an_epoch_not_in_ascii_digits_is_refused(trained_run: Path, tiny_data: Path, tmp_path: Path,
+                                                 epoch: str) -> None:
+    forged = _forge(trained_run / "best.safetensors", tmp_path / "b.safetensors", epoch=epoch)
+    assert_clean_error(cli("eval", forged, "--data-dir", tiny_data, "--device", "cpu"), str(forged), "epoch")
+
+
+def test_a_huge_integer_in_a_history_is_refused_by_plot_and_resume(trained_run: Path, tiny_data: Path,
+                                                                    tmp_path: Path) -> None:
+    rows = json.loads((trained_run / "history.json").read_text())
+    rows[0]["train_loss"] = 10**400
+    (tmp_path / "history.json").write_text(json.dumps(rows))
+    assert_clean_error(cli("plot", tmp_path / "history.json", "--out", tmp_path / "c.png"),
+                       str(tmp_path / "history.json"))
+    last = trained_run / "last.safetensors"
+    state = _train_state(last)
+    state["history"][0]["seconds"] = 10**400
+    forged = _forge(last, tmp_path / "last.safetensors", train_state=json.dumps(state))
+    assert_clean_error(cli("train", "--resume", forged, "--data-dir", tiny_data, "--device", "cpu"),
+                       "history is damaged", "seconds")
+
+
+# --- 6. every set of images a run used is the one it is checked against --------------------------------------
+
+def _other_training_images(tiny_data: Path, tmp_path: Path) -> Path:
+    """The same test set, the same number of training images, but other ones: only a full fingerprint tells."""
+    import shutil
+
+    from conftest import make_images, write_batch
+
+    from cifar_cli.data import FOLDER, load_split
+
+    shutil.copytree(tiny_data / FOLDER, tmp_path / "other" / FOLDER)
+    split = load_split(tiny_data, train=True)
+    images = split.images[60:120].copy()
+    images[1] = make_images(split.labels[61:62], __import__("numpy").random.default_rng(9))[0]  # one image
+    write_batch(tmp_path / "other" / FOLDER / "data_batch_2", images, split.labels[60:120], "batch 2")
+    return tmp_path / "other"
+
+
+def test_eval_held_out_refuses_data_whose_training_images_differ(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert cli("train", "--epochs", "1", "--val-split", "50", "--data-dir", tiny_data, "--out", out,
+               *TRAIN_ARGS).exit_code == 0
+    other = _other_training_images(tiny_data, tmp_path)
+    for images in ("held-out", "train"):
+        assert_clean_error(cli("eval", out / "last.safetensors", "--images", images, "--data-dir", other,
+                               "--device", "cpu"), "trained on other images", "--data-dir")
+    assert cli("eval", out / "last.safetensors", "--images", "held-out", "--data-dir", tiny_data,
+               "--device", "cpu").exit_code == 0
+    fingerprints = json.loads((out / "settings.json").read_text())["data"]["fingerprints"]
+    assert set(fingerprints) == {"train", "held_out", "test"}
+
+
+def test_resume_refuses_another_test_set(tiny_data: Path, tmp_path: Path) -> None:
+    from conftest import make_images, write_batch
+
+    out, net = _stopped_run(tiny_data, tmp_path)
+    other = _other_training_images(tiny_data, tmp_path)
+    import numpy as np
+
+    from cifar_cli.data import FOLDER
+    labels = np.arange(100) % 10
+    write_batch(other / FOLDER / "test_batch", make_images(labels, np.random.default_rng(5)), labels, "test")
+    import shutil
+    shutil.copy(tiny_data / FOLDER / "data_batch_2", other / FOLDER / "data_batch_2")  # the run's training set
+    assert_clean_error(cli("train", "--resume", out / "last.safetensors", "--model", net, "--data-dir", other,
+                           "--device", "cpu"), "trained on other data", "test images")
+
+
+def test_an_old_checkpoint_without_fingerprints_resumes_and_says_what_is_unchecked(tiny_data: Path,
+                                                                                   tmp_path: Path) -> None:
+    out, net = _stopped_run(tiny_data, tmp_path)
+    state = _train_state(out / "last.safetensors")
+    for key in ("data", "choices"):
+        del state[key]
+    _forge(out / "last.safetensors", out / "last.safetensors", train_state=json.dumps(state))
+    result = cli("train", "--resume", out / "last.safetensors", "--model", net, "--data-dir", tiny_data,
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "not checked" in said and "training and test images" in said
+
+
+# --- 5. non-finite networks are judged by what they compute -----------------------------------------------------
+
+@pytest.mark.parametrize("norm, words", [
+    ({"mean": [0.5, 0.5, 0.5], "std": [1e-300, 0.25, 0.25]}, "normalization std[0]"),
+    ({"mean": [1e300, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}, "normalization mean[0]"),
+])
+def test_a_normalisation_that_overflows_is_refused(trained_run: Path, tiny_data: Path, tmp_path: Path, norm: dict,
+                                                   words: str) -> None:
+    forged = _forge(trained_run / "best.safetensors", tmp_path / "b.safetensors", normalization=json.dumps(norm))
+    assert_clean_error(cli("eval", forged, "--data-dir", tiny_data, "--device", "cpu"), str(forged), words)
+
+
+def test_finite_weights_that_compute_infinity_are_refused(trained_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    tensors = load_file(trained_run / "best.safetensors")
+    for name, tensor in tensors.items():
+        if name.endswith("weight") and tensor.ndim == 4:
+            tensor.fill_(3e38)
+    forged = _forge(trained_run / "best.safetensors", tmp_path / "b.safetensors", tensors)
+    for command in (["eval", forged, "--data-dir", tiny_data], ["mistakes", forged, "--data-dir", tiny_data,
+                                                                  "--out", tmp_path / "m.png"]):
+        assert_clean_error(cli(*command, "--device", "cpu"), str(forged), "NaN or infinity")
+
+
+_BLOWS_UP_STATISTICS = """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 10)
+        self.batches = 0
+
+    def forward(self, x):
+        if self.training:
+            self.batches += 1
+            if self.batches > 12:  # epoch 2: BatchNorm's running variance overflows, the loss stays finite
+                x = x * 1e30
+        return self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3)))
+"""
+
+
+def test_statistics_gone_infinite_stop_the_run_and_keep_the_last_good_checkpoint(tiny_data: Path,
+                                                                                  tmp_path: Path) -> None:
+    from cifar_cli.checkpoint import load_checkpoint
+
+    net = write_network(tmp_path / "net.py", _BLOWS_UP_STATISTICS)
+    out = tmp_path / "run"
+    result = cli("train", "--model", net, "--epochs", "3", "--data-dir", tiny_data, "--out", out, *TRAIN_ARGS)
+    assert_clean_error(result, "training diverged at epoch 2", "NaN or infinite", "last.safetensors keeps epoch 1")
+    assert load_checkpoint(out / "last.safetensors").epoch == 1
+    assert len(json.loads((out / "history.json").read_text())) == 1
+    assert cli("eval", out / "best.safetensors", "--model", net, "--data-dir", tiny_data,
+               "--device", "cpu").exit_code == 0
+
+
+_NAN_FOR_BIG_BATCHES = """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        out = self.fc(F.relu(self.conv(x)).mean((2, 3)))
+        return out * float("nan") if len(x) > 16 else out  # fine on small batches, NaN on the test set's
+"""
+
+
+def test_eval_never_reports_a_nan_loss_as_a_result(tiny_data: Path, tmp_path: Path) -> None:
+    import torch
+
+    from cifar_cli.checkpoint import Checkpoint, save_checkpoint
+    from cifar_cli.models import create_model, resolve_model
+
+    spec = resolve_model(write_network(tmp_path / "net.py", _NAN_FOR_BIG_BATCHES))
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "c.safetensors", Checkpoint(spec, create_model(spec).state_dict()))
+    result = cli("eval", tmp_path / "c.safetensors", "--model", spec.name, "--data-dir", tiny_data, "--device", "cpu")
+    assert_clean_error(result, str(tmp_path / "c.safetensors"), "NaN or infinite")
+    assert "accuracy" not in result.stdout
