@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -327,28 +328,38 @@ def convert_pytorch_checkpoint(src: Path, dst: Path, model: ModelSpec | None = N
             obj = obj[key]
     if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
         raise CifarError(f"cannot convert {src}: it does not hold a state_dict of tensors")
-    state = {}
-    for name, tensor in obj.items():
+    state, came_from = {}, {}
+    for original, tensor in obj.items():
+        name = str(original)
         while name.startswith(("module.", "_orig_mod.")):  # DataParallel / DDP / torch.compile wrappers, nested
             name = name.split(".", 1)[1]
-        state[name] = tensor.clone()  # tied weights share storage, which safetensors refuses to write
+        if name in state:  # two names for one weight: keeping either would be a guess
+            raise CifarError(f"cannot convert {src}: {came_from[name]!r} and {original!r} both name {name!r}")
+        state[name], came_from[name] = tensor.clone(), original  # clone: safetensors refuses shared storage
     ckpt = Checkpoint(model or preset_spec(), state, metrics={"converted_from": src.name})
     model_from_checkpoint(ckpt, src, given=ckpt.model)  # refuses weights of another architecture
     save_checkpoint(dst, ckpt)
     return ckpt
 
 
+# Words of torch's advice on how to load a refused file anyway (weights_only=False, add_safe_globals, "if you
+# trust the source"): a sentence holding any of them is never repeated, whatever torch's version words it as,
+# and whatever a hostile file names its globals.
+_ADVICE = ("weights_only", "safe_globals", "allowlist", "trust", "can still be loaded", "torch.load", "torch.serial",
+           "documentation", "http", "pickle_module", "arbitrary code")
+
+
 def _torch_load_reason(e: Exception) -> str:
-    """torch's own reason for refusing a file (the global or opcode it rejected), not its advice to turn
-    the safety off."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    for marker in ("WeightsUnpickler error:", "Unsupported"):
-        for i, line in enumerate(lines):
-            if marker in line:
-                detail = line.split(marker, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
-                reason = f"{marker.rstrip(':')} {detail}".strip() if marker == "Unsupported" else detail
-                return f"it needs more than tensors to load ({reason.split('. ')[0]})"
-    return lines[0] if lines else type(e).__name__
+    """torch's own reason for refusing a file (the global or opcode it rejected), never its advice to turn
+    the safety off: every sentence of its message that gives advice is dropped, whichever path raised it."""
+    text = str(e)
+    unsafe = "WeightsUnpickler error:" in text or "Unsupported" in text or "weights_only" in text.lower()
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    sentences = [part.strip() for part in re.split(r"(?<=[.!?])\s+|\n", text)]
+    kept = [part.rstrip(".") for part in sentences if part and not any(w in part.lower() for w in _ADVICE)]
+    if unsafe:
+        return f"it needs more than tensors to load ({kept[0]})" if kept else "it needs more than tensors to load"
+    return f"it is not a PyTorch file of tensors ({type(e).__name__}{': ' + kept[0] if kept else ''})"
 
 
 def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -352,3 +352,65 @@ def test_eval_never_reports_a_nan_loss_as_a_result(tiny_data: Path, tmp_path: Pa
     result = cli("eval", tmp_path / "c.safetensors", "--model", spec.name, "--data-dir", tiny_data, "--device", "cpu")
     assert_clean_error(result, str(tmp_path / "c.safetensors"), "NaN or infinite")
     assert "accuracy" not in result.stdout
+
+
+# --- 16. convert never advises turning safety off; 11. nor drops a clashing weight ---------------------------
+
+class _Runs:
+    def __reduce__(self):  # noqa: ANN204
+        return (print, ("ran",))
+
+
+def _unsafe_pickles(tmp_path: Path) -> dict[str, Path]:
+    import collections
+    import datetime
+    import io
+    import os
+    import pickle
+
+    import numpy as np
+    import torch
+
+    class System:
+        def __reduce__(self):  # noqa: ANN204
+            return (os.system, ("true",))
+
+    def saved(obj: object) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        return buffer.getvalue()
+
+    kinds = {"numpy-array": saved({"w": np.zeros(3)}), "module": saved({"w": torch.nn.Linear(2, 2)}),
+             "date": pickle.dumps({"w": datetime.date(2020, 1, 1)}, protocol=2),
+             "deque": pickle.dumps({"w": collections.deque([1])}, protocol=4),
+             "os-system": pickle.dumps({"w": System()}, protocol=4), "protocol-0": pickle.dumps({"w": _Runs()}, 0),
+             "print": saved({"w": _Runs()}), "truncated": saved({"w": torch.zeros(3)})[:50], "empty": b"",
+             # a global whose name is itself the advice, for a parser that keeps torch's first sentence
+             "named-advice": b"\x80\x02cset weights_only=False or add_safe_globals if you trust it\nx\n)R."}
+    for name, raw in kinds.items():
+        (tmp_path / f"{name}.pth").write_bytes(raw)
+    return {name: tmp_path / f"{name}.pth" for name in kinds}
+
+
+def test_convert_never_repeats_advice_to_turn_safety_off(tmp_path: Path) -> None:
+    for name, path in _unsafe_pickles(tmp_path).items():
+        result = cli("convert", path, tmp_path / f"{name}.safetensors")
+        assert_clean_error(result, f"cannot convert {path}")
+        said = result.stderr.lower()
+        for advice in ("weights_only", "safe_globals", "trust", "allowlist", "false", "\x1b"):
+            assert advice not in said, (name, result.stderr)
+        assert not (tmp_path / f"{name}.safetensors").exists()
+
+
+def test_convert_refuses_two_names_for_one_weight(tmp_path: Path) -> None:
+    import torch
+
+    from cifar_cli.models import create_model, preset_spec
+
+    state = create_model(preset_spec()).state_dict()
+    name = next(iter(state))
+    clashing = {**state, f"module.{name}": torch.zeros_like(state[name])}
+    torch.save(clashing, tmp_path / "clash.pth")
+    result = cli("convert", tmp_path / "clash.pth", tmp_path / "out.safetensors")
+    assert_clean_error(result, repr(name), repr(f"module.{name}"))
+    assert not (tmp_path / "out.safetensors").exists()
