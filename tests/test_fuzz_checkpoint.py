@@ -1,6 +1,7 @@
-"""Fuzzing `cifar eval`'s loading path: every mangled checkpoint is loaded correctly or refused cleanly.
+"""Fuzzing the loading paths of `cifar eval` and `cifar train --resume`: every mangled checkpoint is loaded
+correctly or refused cleanly.
 
-Hypothesis runs derandomized (a fixed seed), so CI sees the same 1,200 cases every time.
+Hypothesis runs derandomized (a fixed seed), so CI sees the same 1,500 cases every time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from cifar_cli.checkpoint import Checkpoint, load_checkpoint, model_from_checkpo
 from cifar_cli.errors import CifarError
 from cifar_cli.models import ModelSpec, NetConfig, create_model
 
-CASES = 300  # per test below; four tests
+CASES = 300  # per test below; five tests
 FUZZ = settings(max_examples=CASES, derandomize=True, deadline=timedelta(seconds=10), database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 SMALL = ModelSpec("cifarnet-ds", NetConfig(widths=(4, 4, 8, 8)).to_dict())
