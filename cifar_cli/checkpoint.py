@@ -282,9 +282,12 @@ def _probe(model: nn.Module, ckpt: Checkpoint, path: Path | str) -> None:
     try:
         with torch.no_grad():
             logits = model.eval()(normalize(torch.from_numpy(pixels), ckpt.mean, ckpt.std))
+    except Exception as e:  # a user's network may raise anything
+        raise CifarError(f"{path}: its network failed on a probe batch of {PROBE_IMAGES} images: "
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
     finally:
         model.train(was_training)
-    if not torch.isfinite(logits).all():
+    if not isinstance(logits, torch.Tensor) or not torch.isfinite(logits).all():
         raise NonFinite(f"{path} holds a network that computes NaN or infinity for ordinary images (a probe "
                         f"batch of {PROBE_IMAGES}); it cannot be used")
 

@@ -324,8 +324,8 @@ def plan_run(checkpoint: Checkpoint | None, options: dict[str, Any], test: bool 
         settings, notes = DEFAULTS.with_options(**options), []
         began = RunChoices(augment_on=place("auto"))
     else:
-        network_spec(checkpoint, model)
         state = RunState.resume(checkpoint)
+        network_spec(checkpoint, model)
         settings = state.settings.with_options(**options)
         if changed := state.settings.differences(settings):
             raise CifarError("a resumed run keeps its settings; these differ from the checkpoint's: "
