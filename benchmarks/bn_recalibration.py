@@ -21,8 +21,9 @@ from torch import nn
 from cifar_cli.augment import BatchAugmenter, train_pipeline
 from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_cli.data import eval_split
-from cifar_cli.engine import evaluate, settings_of, to_device
+from cifar_cli.engine import evaluate, to_device
 from cifar_cli.errors import CifarError
+from cifar_cli.run_state import settings_of
 
 CPU = torch.device("cpu")
 

@@ -13,24 +13,28 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from cifar_cli import __version__
+from cifar_cli import __version__, schema
 from cifar_cli.data import CLASSES, MEAN, STD
 from cifar_cli.errors import CifarError, shell_command
 from cifar_cli.files import read_input, write_atomic
 from cifar_cli.models import DEFAULT_MODEL, LEGACY_MODEL, ModelSpec, create_model, preset_spec
 
 FORMAT = "cifar-cli/1"
+PROBE_IMAGES = 8  # images of the batch every loaded network must give finite logits for (_probe)
+MAX_EPOCHS = 10**9  # what an epoch count may be; a run of more would take centuries
 MAX_CHECKPOINT_BYTES = 2**31  # a network under our rules is under 1 MB; 2 GiB leaves room for anyone's
 # The 40-epoch default run whose figures the README states, shipped inside the package.
 PACKAGED_CHECKPOINT = Path(__file__).parent / "weights" / "cifarnet-whiten-40ep.safetensors"
@@ -58,10 +62,23 @@ def weights_only(ckpt: Checkpoint) -> Checkpoint:
     return replace(ckpt, optimizer_tensors={}, train_state=None, raw_state={})
 
 
+class NonFinite(CifarError):
+    """Weights, statistics or results that are NaN or infinite: a network that has diverged."""
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding NaN or infinity, if any."""
+    return next((name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+
+
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    """Write `ckpt` atomically; refuses (NonFinite) weights, statistics or optimizer state that are not finite,
+    so that a diverged network never replaces the last good checkpoint."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in ckpt.model_state.items()}
     tensors.update({f"optimizer.{k}": v.detach().cpu().contiguous() for k, v in ckpt.optimizer_tensors.items()})
     tensors.update({f"raw.{k}": v.detach().cpu().contiguous() for k, v in ckpt.raw_state.items()})
+    if (bad := first_non_finite(tensors)) is not None:
+        raise NonFinite(f"not writing {path}: {bad} holds NaN or infinity")
     metadata = {
         "format": FORMAT,
         "model": json.dumps(ckpt.model.to_dict()),
@@ -115,19 +132,41 @@ def _is_pickle(raw: bytes) -> bool:
     return raw[:1] == b"\x80" and raw[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and raw[8:9] != b"{"
 
 
+# What a normalisation may be: CIFAR-10's means are about 0.47 and its stds 0.25 (of pixels in [0, 1]). Far
+# outside these, normalised pixels overflow float32 or lose every difference between them.
+MEAN_RANGE, STD_RANGE = (-10.0, 10.0), (1e-3, 1e3)
+
+
 def _normalization(norm: Any, path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Three finite means and three positive, finite stds: anything else would poison every input."""
+    """Three means and three positive stds within sane ranges: anything else would poison every input."""
     try:
         mean, std = norm["mean"], norm["std"]
-        numbers = [*mean, *std]
+        if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == 3 and len(std) == 3):
+            raise schema.Invalid("normalization", "must hold three means and three stds")
+        std_values = [schema.number(x, f"normalization std[{i}]", -math.inf, math.inf) for i, x in enumerate(std)]
+        if min(std_values) <= 0:
+            raise schema.Invalid("normalization", f"std of {min(std_values)} would divide by zero or flip signs")
+        return (tuple(schema.number(x, f"normalization mean[{i}]", *MEAN_RANGE) for i, x in enumerate(mean)),
+                tuple(schema.number(x, f"normalization std[{i}]", *STD_RANGE) for i, x in enumerate(std)))
     except (KeyError, TypeError):
-        numbers, mean, std = [], [], []
-    if not (len(mean) == 3 and len(std) == 3
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in numbers)):
-        raise CifarError(f"{path} is corrupt: normalization must hold three finite means and three stds")
-    if min(std) <= 0:
-        raise CifarError(f"{path} is corrupt: a normalization std of {min(std)} would divide by zero or flip signs")
-    return tuple(float(x) for x in mean), tuple(float(x) for x in std)
+        raise CifarError(f"{path} is corrupt: normalization must hold three finite means and three stds") from None
+    except schema.Invalid as e:
+        raise CifarError(f"{path} is corrupt: {e}") from None
+
+
+def _metrics(metrics: Any, path: Path) -> dict[str, Any]:
+    """The figures a checkpoint carries: finite numbers (accuracies in [0, 1]), or words (a converted file's
+    origin)."""
+    def checked(key: str, value: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        return schema.number(value, f"metrics {key[:40]!r}", 0.0 if key.endswith("_acc") else -1e38,
+                             1.0 if key.endswith("_acc") else 1e38)
+
+    try:
+        return {key: checked(key, value) for key, value in schema.mapping(metrics, "metrics").items()}
+    except schema.Invalid as e:
+        raise CifarError(f"{path} is corrupt: {e}") from None
 
 
 def _model_spec(metadata: dict[str, str], path: Path) -> ModelSpec:
@@ -163,15 +202,16 @@ def load_checkpoint(path: Path, model: str | None = None) -> Checkpoint:
         raise CifarError(f"{path} is corrupt: {e}") from None
 
     model = _model_spec(metadata, path)
-    epoch_text = metadata.get("epoch", "0")
-    if not (isinstance(epoch_text, str) and epoch_text.isdigit() and len(epoch_text) < 10):
-        raise CifarError(f"{path} is corrupt: epoch {epoch_text!r} is not a whole number")
-    epoch = int(epoch_text)
-    metrics = _json_field(metadata, "metrics", path)
+    try:
+        epoch = schema.digits(metadata.get("epoch", "0"), "epoch", MAX_EPOCHS)
+    except schema.Invalid as e:
+        raise CifarError(f"{path} is corrupt: {e}") from None
+    metrics = _metrics(_json_field(metadata, "metrics", path), path)
     classes = _json_field(metadata, "classes", path)
     norm = _json_field(metadata, "normalization", path)
     num_classes = model.config.get("num_classes", len(CLASSES))
-    if not (isinstance(classes, list) and len(classes) == num_classes and all(isinstance(c, str) for c in classes)):
+    if not (isinstance(classes, list) and len(classes) == num_classes
+            and all(isinstance(c, str) and len(c) <= 100 for c in classes)):
         raise CifarError(f"{path} is corrupt: class names do not match its {num_classes} classes")
     if num_classes != len(CLASSES):
         raise CifarError(f"{path} is for {num_classes} classes; CIFAR-10 has {len(CLASSES)}")
@@ -184,11 +224,11 @@ def load_checkpoint(path: Path, model: str | None = None) -> Checkpoint:
         model=model,
         model_state=prefixed("model."),
         epoch=epoch,
-        metrics=metrics if isinstance(metrics, dict) else {},
+        metrics=metrics,
         classes=tuple(classes),
         mean=mean,
         std=std,
-        version=str(metadata.get("version", "?")),
+        version=str(metadata.get("version", "?"))[:100],
         optimizer_tensors=prefixed("optimizer."),
         train_state=train_state if isinstance(train_state, dict) else None,
         raw_state=prefixed("raw."),
@@ -230,13 +270,41 @@ def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint", raw
         if got.shape != want.shape or got.dtype != want.dtype:
             raise CifarError(f"{path} does not match the {spec.describe()} architecture: {name} is "
                              f"{got.dtype} {tuple(got.shape)}, expected {want.dtype} {tuple(want.shape)}")
-    bad = next((name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
-    if bad is not None:
+    if (bad := first_non_finite(state)) is not None:
         raise CifarError(f"{path} holds non-finite weights (NaN or infinity in {bad}); it cannot be used")
     if spec.is_preset:
         model = create_model(spec)
     model.load_state_dict(state)
+    _probe(model, ckpt, path)
     return model
+
+
+def _probe(model: nn.Module, ckpt: Checkpoint, path: Path | str) -> None:
+    """Judge what the network computes, not only the numbers stored: finite logits for a small fixed batch of
+    ordinary images (black, white, grey and random pixels), normalised as the checkpoint says. Finite weights
+    of 3e38, or a std of 1e-30, pass every stored-number check and still give infinity."""
+    from cifar_cli.augment import normalize  # the normalisation every command applies
+
+    pixels = np.random.default_rng(0).integers(0, 256, (PROBE_IMAGES, 3, 32, 32), dtype=np.uint8)
+    pixels[:3] = np.array([0, 255, 128], dtype=np.uint8)[:, None, None, None]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            logits = model.eval()(normalize(torch.from_numpy(pixels), ckpt.mean, ckpt.std))
+    except Exception as e:  # a user's network may raise anything
+        raise CifarError(f"{path}: its network failed on a probe batch of {PROBE_IMAGES} images: "
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(logits, torch.Tensor) or not torch.isfinite(logits).all():
+        raise NonFinite(f"{path} holds a network that computes NaN or infinity for ordinary images (a probe "
+                        f"batch of {PROBE_IMAGES}); it cannot be used")
+
+
+def network_spec(ckpt: Checkpoint, given: ModelSpec | None) -> ModelSpec:
+    """The network to build for a checkpoint, by the one rule every command follows (resume, eval, predict,
+    ...): a preset from the file, a user network only from `given`, the --model the user typed."""
+    return _spec_to_build(ckpt.model, given, ckpt.source or "the checkpoint")
 
 
 def _spec_to_build(recorded: ModelSpec, given: ModelSpec | None, path: Path | str) -> ModelSpec:
@@ -272,28 +340,38 @@ def convert_pytorch_checkpoint(src: Path, dst: Path, model: ModelSpec | None = N
             obj = obj[key]
     if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
         raise CifarError(f"cannot convert {src}: it does not hold a state_dict of tensors")
-    state = {}
-    for name, tensor in obj.items():
+    state, came_from = {}, {}
+    for original, tensor in obj.items():
+        name = str(original)
         while name.startswith(("module.", "_orig_mod.")):  # DataParallel / DDP / torch.compile wrappers, nested
             name = name.split(".", 1)[1]
-        state[name] = tensor.clone()  # tied weights share storage, which safetensors refuses to write
+        if name in state:  # two names for one weight: keeping either would be a guess
+            raise CifarError(f"cannot convert {src}: {came_from[name]!r} and {original!r} both name {name!r}")
+        state[name], came_from[name] = tensor.clone(), original  # clone: safetensors refuses shared storage
     ckpt = Checkpoint(model or preset_spec(), state, metrics={"converted_from": src.name})
     model_from_checkpoint(ckpt, src, given=ckpt.model)  # refuses weights of another architecture
     save_checkpoint(dst, ckpt)
     return ckpt
 
 
+# Words of torch's advice on how to load a refused file anyway (weights_only=False, add_safe_globals, "if you
+# trust the source"): a sentence holding any of them is never repeated, whatever torch's version words it as,
+# and whatever a hostile file names its globals.
+_ADVICE = ("weights_only", "safe_globals", "allowlist", "trust", "can still be loaded", "torch.load", "torch.serial",
+           "documentation", "http", "pickle_module", "arbitrary code")
+
+
 def _torch_load_reason(e: Exception) -> str:
-    """torch's own reason for refusing a file (the global or opcode it rejected), not its advice to turn
-    the safety off."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    for marker in ("WeightsUnpickler error:", "Unsupported"):
-        for i, line in enumerate(lines):
-            if marker in line:
-                detail = line.split(marker, 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
-                reason = f"{marker.rstrip(':')} {detail}".strip() if marker == "Unsupported" else detail
-                return f"it needs more than tensors to load ({reason.split('. ')[0]})"
-    return lines[0] if lines else type(e).__name__
+    """torch's own reason for refusing a file (the global or opcode it rejected), never its advice to turn
+    the safety off: every sentence of its message that gives advice is dropped, whichever path raised it."""
+    text = str(e)
+    unsafe = "WeightsUnpickler error:" in text or "Unsupported" in text or "weights_only" in text.lower()
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    sentences = [part.strip() for part in re.split(r"(?<=[.!?])\s+|\n", text)]
+    kept = [part.rstrip(".") for part in sentences if part and not any(w in part.lower() for w in _ADVICE)]
+    if unsafe:
+        return f"it needs more than tensors to load ({kept[0]})" if kept else "it needs more than tensors to load"
+    return f"it is not a PyTorch file of tensors ({type(e).__name__}{': ' + kept[0] if kept else ''})"
 
 
 def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -309,9 +387,50 @@ def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+# The param-group fields the schedule moves each step; every other one follows from the run's settings.
+_GROUP_PROGRESS = ("lr", "momentum")
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: Any, optimizer: torch.optim.Optimizer
+                        ) -> dict[str, Any]:
+    """The state_dict `flatten_optimizer` split, checked against `optimizer` (built for the run from its
+    settings) before torch sees it: the same param groups with the same fixed settings, a finite lr and
+    momentum, and per-parameter state of each parameter's shape, finite. schema.Invalid otherwise."""
+    meta = schema.mapping(meta, "optimizer")
+    fresh = schema.jsonable(optimizer.state_dict()["param_groups"])
+    saved = meta.get("param_groups")
+    if not isinstance(saved, list) or len(saved) != len(fresh):
+        raise schema.Invalid("optimizer.param_groups", f"is not a list of {len(fresh)} groups")
+    groups = [_param_group(group, want, f"optimizer.param_groups[{i}]")
+              for i, (group, want) in enumerate(zip(saved, fresh))]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    scalars = schema.mapping(meta.get("scalars", {}), "optimizer.scalars")
     state: dict[int, dict[str, Any]] = {}
-    for flat, value in [*tensors.items(), *meta.get("scalars", {}).items()]:
-        index, key = flat.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+    for flat, value in [*tensors.items(), *scalars.items()]:
+        index, _, key = flat.partition(".")
+        name = f"optimizer state {flat[:60]!r}"
+        if not (key.isidentifier() and len(key) <= 40):
+            raise schema.Invalid(name, "is not INDEX.NAME")
+        where = schema.digits(index, name, len(params) - 1)  # no parameters at all: no index is one
+        if isinstance(value, torch.Tensor):
+            if value.shape not in (params[where].shape, torch.Size([])) or not value.is_floating_point():
+                raise schema.Invalid(name, f"is {value.dtype} {tuple(value.shape)}, not the parameter's "
+                                           f"{tuple(params[where].shape)}")
+            if not torch.isfinite(value).all():
+                raise schema.Invalid(name, "holds NaN or infinity")
+        else:
+            schema.number(value, name, -1e38, 1e38)
+        state.setdefault(where, {})[key] = value
+    return {"state": state, "param_groups": groups}
+
+
+def _param_group(group: Any, fresh: dict[str, Any], name: str) -> dict[str, Any]:
+    group = schema.mapping(group, name)
+    for key, value in fresh.items():
+        if key not in _GROUP_PROGRESS and group.get(key, value) != value:
+            raise schema.Invalid(f"{name}.{key}", f"is {group.get(key)!r:.40}, but the run's settings give {value!r}")
+    checked = schema.like({k: group.get(k, v) for k, v in fresh.items()}, fresh, name)
+    top = fresh.get("max_lr", fresh["lr"])
+    schema.number(checked["lr"], f"{name}.lr", 0.0, top * (1 + 1e-6))
+    schema.number(checked.get("momentum", 0.0), f"{name}.momentum", 0.0, 1.0)
+    return checked

@@ -421,10 +421,11 @@ def train(
     data_dir: DataDir = None,
     download: Download = False,
     workers: Workers = None,
-    augment_on: Annotated[AugmentPlace, typer.Option(
-        "--augment-on", help="Where training images are augmented: device (batched torch ops where the images live, "
+    augment_on: Annotated[AugmentPlace | None, typer.Option(
+        "--augment-on", show_default="auto; a resumed run keeps to what it began with",
+        help="Where training images are augmented: device (batched torch ops where the images live, "
         "the training set uploaded once) or loader (Albumentations in loader workers); auto: device on CUDA, "
-        "loader elsewhere. The same pipeline, drawn from other random streams.")] = AugmentPlace.auto,
+        "loader elsewhere. The same pipeline, drawn from other random streams.")] = None,
     amp: Annotated[bool | None, typer.Option(
         "--amp/--no-amp", show_default="on where the GPU can: bf16 on compute capability 8.0+, fp16 on 7.x",
         help="Mixed precision on CUDA (autocast).")] = None,
@@ -449,26 +450,28 @@ def train(
     """
     from cifar_cli.checkpoint import load_checkpoint
     from cifar_cli.data import load_split
-    from cifar_cli.engine import TrainingInterrupted, left_test_out, settings_of
+    from cifar_cli.engine import TrainingInterrupted
     from cifar_cli.engine import train as run_training
     from cifar_cli.models import resolve_model
     from cifar_cli.run_folder import default_out_dir, resume_argv
+    from cifar_cli.run_state import plan_run
     from cifar_cli.runtime import Runtime, init_distributed, resolve_device, shutdown_distributed
 
     resume, data_dir = _expand(resume), _expand(data_dir)
     checkpoint = load_checkpoint(resume, model) if resume else None
-    if test is None:  # resumed by hand after a crash, a tuning run must not start reading the test set
-        test = checkpoint is None or not left_test_out(checkpoint)
-    settings = (settings_of(checkpoint) if checkpoint else DEFAULTS).with_options(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, weight_decay=weight_decay,
-        label_smoothing=label_smoothing, ema=ema, lookahead=lookahead, tta=tta, affine_p=affine_p,
-        cutout_p=cutout_p, tone_p=tone_p, aug_fade=aug_fade, mixup=mixup)
-    settings.validate()
-    if not test and not settings.val_split:
-        raise CifarError("--no-test needs --val-split: without the test set, held-out images must judge the epochs")
     spec = _given_model(model, checkpoint)
     torch_device = resolve_device(DeviceName(device).value)
+    plan = plan_run(checkpoint, dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, weight_decay=weight_decay,
+        label_smoothing=label_smoothing, ema=ema, lookahead=lookahead, tta=tta, affine_p=affine_p,
+        cutout_p=cutout_p, tone_p=tone_p, aug_fade=aug_fade, mixup=mixup),
+        test=test, augment_on=AugmentPlace(augment_on).value if augment_on else None, amp=amp, model=spec,
+        device=torch_device)
+    settings, test = plan.settings, plan.choices.test
     dist = init_distributed(torch_device)
+    if dist.main:
+        for note in plan.notes:
+            err.print(f"note: {_literal(note)}", soft_wrap=True)
     out_dir = _expand(out_dir) or default_out_dir(resume)
     root = _data_dir(data_dir)
     train_split = load_split(root, train=True, download_missing=download)
@@ -481,7 +484,8 @@ def train(
         test_size = len(test_split) if test_split is not None else None
         console.print(_train_header(settings, name, torch_device, dist.world, len(train_split), test_size,
                                     out_dir, resume), soft_wrap=True)
-    runtime = Runtime(workers=workers, amp=amp, compile=compile_model, augment_on=AugmentPlace(augment_on).value)
+    runtime = Runtime(workers=workers, amp=plan.choices.amp, compile=compile_model,
+                      augment_on=plan.choices.augment_on)
     try:
         with _RichTrainObserver(console, enabled=dist.main) as observer:
             result = run_training(settings, train_split, test_split, out_dir, torch_device, model_spec=spec,
@@ -495,8 +499,7 @@ def train(
             if stop.checkpoint is None:
                 err.print(f"{where}{_literal(stop.kept)}.", soft_wrap=True)
             else:
-                again = shell_command(resume_argv(stop.checkpoint, data_dir, model, DeviceName(device).value,
-                                                  runtime.augment_on, test))
+                again = shell_command(resume_argv(stop.checkpoint, data_dir, model, DeviceName(device).value))
                 err.print(f"{where}saved {_literal(stop.checkpoint)}. Resume with: {_literal(again)}", soft_wrap=True)
         raise typer.Exit(128 + stop.signum) from None
     except KeyboardInterrupt:
@@ -575,18 +578,6 @@ def _load_model(path: Path | None, device: str, tta: bool | None,
     return path, ckpt, network.to(torch_device), torch_device, DEFAULTS.tta if tta is None else tta
 
 
-def _held_out_count(ckpt: Checkpoint) -> int | None:
-    """How many training images the checkpoint's run held out: a resumable file records its settings; a
-    weights-only one (best.safetensors, a packaged file) only shows, by a held-out figure, that it held
-    some out (None)."""
-    from cifar_cli.settings import TrainSettings
-
-    run = TrainSettings.from_dict((ckpt.train_state or {}).get("settings"))
-    if run is not None:
-        return run.val_split
-    return None if "val_acc" in ckpt.metrics else 0
-
-
 class EvalImages(str, Enum):
     test = "test"
     train = "train"
@@ -623,11 +614,13 @@ def eval_command(
     from cifar_cli.data import eval_split
     from cifar_cli.engine import evaluate
     from cifar_cli.report import confusion_table, per_class_table
+    from cifar_cli.run_state import images_of_run
 
     checkpoint, ckpt, network, torch_device, tta = _load_model(checkpoint, device, tta, model)
-    split = eval_split(_data_dir(data_dir), images.value, _held_out_count(ckpt), download)
+    held_out, trained_on = images_of_run(ckpt)
+    split = eval_split(_data_dir(data_dir), images.value, held_out, download, trained_on)
     result = evaluate(network, split, torch_device, batch_size=batch_size, classes=ckpt.classes,
-                      mean=ckpt.mean, std=ckpt.std, tta=tta)
+                      mean=ckpt.mean, std=ckpt.std, tta=tta, name=str(checkpoint))
     if as_json:
         _print_json({"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "images": len(split),
                      "images_from": images.value, "tta": tta, **result.to_dict()})

@@ -13,6 +13,7 @@ import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,11 +163,33 @@ def load_split(data_dir: Path, train: bool, download_missing: bool = False) -> S
 
 
 def identify(split: Split) -> dict[str, int | str]:
-    """What tells one training set from another, cheaply: its size, and a hash of every label and of
-    every 97th image (about 2 MB of the 150 MB)."""
+    """What tells one set of images from another: its size, and a hash of every label and every image
+    (150 MB of training images hash in about 0.1 s)."""
+    digest = hashlib.sha256(np.ascontiguousarray(split.labels).tobytes())
+    digest.update(memoryview(np.ascontiguousarray(split.images)).cast("B"))
+    return {"images": len(split), "sha256": digest.hexdigest(), "hashed": "every image"}
+
+
+def _sampled_identity(split: Split) -> dict[str, int | str]:
+    """How cifar-cli 0.x before `identify` hashed every image told training sets apart: every label and
+    every 97th image. Checkpoints of that time carry this."""
     digest = hashlib.sha256(np.ascontiguousarray(split.labels).tobytes())
     digest.update(np.ascontiguousarray(split.images[::97]).tobytes())
     return {"images": len(split), "sha256": digest.hexdigest()}
+
+
+def same_images(recorded: dict[str, Any], split: Split) -> bool:
+    """Whether `split` is the set of images a fingerprint (`identify`'s, or an older sampled one) was taken of."""
+    if recorded.get("hashed") == "every image":
+        return recorded == identify(split)
+    return recorded == _sampled_identity(split)
+
+
+def describe_identity(recorded: dict[str, Any], kind: str = "") -> str:
+    """A fingerprint in words: "300 training images, fingerprint 0123456789ab"."""
+    images = recorded.get("images")
+    count = f"{images:,}" if isinstance(images, int) else "an unknown number of"
+    return f"{count} {kind + ' ' if kind else ''}images, fingerprint {str(recorded.get('sha256', '?'))[:12]}"
 
 
 # The held-out slice is the same for every --seed, so runs with different seeds are judged on the same images.
@@ -184,9 +207,14 @@ def hold_out(split: Split, count: int) -> tuple[Split, Split]:
     return (Split(split.images[rest], split.labels[rest]), Split(split.images[held], split.labels[held]))
 
 
-def eval_split(data_dir: Path, images: str, val_split: int | None, download_missing: bool = False) -> Split:
+def eval_split(data_dir: Path, images: str, val_split: int | None, download_missing: bool = False,
+               trained_on: dict[str, Any] | None = None) -> Split:
     """The images `cifar eval` judges: "test", or a run's "train" images (those it learned from) or its
-    "held-out" ones, for a run that held out `val_split` images (None: some, but not known how many)."""
+    "held-out" ones, for a run that held out `val_split` images (None: some, but not known how many).
+
+    `trained_on` is the run's fingerprint of its training set (identify): the held-out images are only
+    held out if this data holds the very training images the run drew them from, so other data is refused.
+    """
     if images == "test":
         return load_split(data_dir, train=False, download_missing=download_missing)
     if val_split is None:
@@ -196,6 +224,10 @@ def eval_split(data_dir: Path, images: str, val_split: int | None, download_miss
         raise CifarError("this run trained on every training image: --images held-out needs a run "
                          "trained with --val-split")
     full = load_split(data_dir, train=True, download_missing=download_missing)
+    if trained_on and not same_images(trained_on, full):
+        raise CifarError(f"the run trained on other images ({describe_identity(trained_on, 'training')}) than "
+                         f"this data's {len(full):,}: its {images} images would not be the run's; pass the "
+                         "--data-dir it trained on")
     if not val_split:
         return full
     if not 0 < val_split < len(full):  # a file we read may say anything

@@ -23,7 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,10 +38,12 @@ from cifar_cli import __version__, device_augment
 from cifar_cli.augment import BatchAugmenter, normalize, train_pipeline
 from cifar_cli.checkpoint import (
     Checkpoint,
+    NonFinite,
+    first_non_finite,
     flatten_optimizer,
     model_from_checkpoint,
+    network_spec,
     save_checkpoint,
-    unflatten_optimizer,
 )
 from cifar_cli.data import (
     CLASSES,
@@ -56,12 +58,11 @@ from cifar_cli.data import (
     batches_in_order,
     derive_seed,
     hold_out,
-    identify,
 )
 from cifar_cli.errors import CifarError
 from cifar_cli.models import ModelSpec, create_model, preset_spec
 from cifar_cli.models.spec import check_trainable, user_code
-from cifar_cli.records import EpochRecord, EvalResult, TrainResult, history_from_rows
+from cifar_cli.records import EpochRecord, EvalResult, TrainResult
 from cifar_cli.run_folder import (
     BEST,
     HISTORY,
@@ -76,6 +77,7 @@ from cifar_cli.run_folder import (
     write_history,
     write_settings,
 )
+from cifar_cli.run_state import EpochTotals, RunChoices, RunState, check_data, restore_progress
 from cifar_cli.runtime import Distributed, Runtime, compile_errors, memory_format
 from cifar_cli.settings import EVAL_BATCH_SIZE, TrainSettings
 
@@ -109,8 +111,11 @@ def _logits(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = EVAL_BATCH_SIZE,
              classes: tuple[str, ...] = CLASSES, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD,
-             amp_dtype: torch.dtype | None = None, tta: bool = False) -> EvalResult:
-    """Loss, accuracy and confusion matrix; with `tta`, logits are averaged over each image and its mirror."""
+             amp_dtype: torch.dtype | None = None, tta: bool = False, name: str = "the network") -> EvalResult:
+    """Loss, accuracy and confusion matrix; with `tta`, logits are averaged over each image and its mirror.
+
+    A non-finite loss is no result (a NaN network "scores" chance accuracy): NonFinite, naming `name`.
+    """
     was_training = model.training
     model.eval()
     n = len(classes)
@@ -124,6 +129,9 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
         confusion += torch.bincount(labels * n + logits.argmax(1), minlength=n * n)
     model.train(was_training)
     total = max(len(split), 1)
+    if not torch.isfinite(loss_sum).item():
+        raise NonFinite(f"{name} gives NaN or infinite logits for some of these {len(split):,} images; its "
+                        "accuracy would mean nothing")
     matrix = confusion.view(n, n).cpu()
     return EvalResult(loss=loss_sum.item() / total, accuracy=matrix.diag().sum().item() / total,
                       confusion=matrix.tolist(), classes=classes)
@@ -142,123 +150,6 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, mean: tu
 
 
 # --- what a run carries from step to step and from session to session ----------------------------------
-
-def settings_of(checkpoint: Checkpoint) -> TrainSettings:
-    """The settings of the run that wrote a resumable checkpoint."""
-    settings = TrainSettings.from_dict((checkpoint.train_state or {}).get("settings"))
-    if settings is None:
-        raise CifarError("this checkpoint cannot be resumed: it holds weights only (a best.safetensors?) "
-                         "or no valid training state; resume from last.safetensors")
-    return settings
-
-
-def left_test_out(checkpoint: Checkpoint) -> bool:
-    """Whether the run that wrote a resumable checkpoint left the test set out (--no-test): every epoch it
-    finished has a held-out figure and no test figure. (One stopped inside its first epoch cannot say, and
-    counts as not; so does a damaged history, which resuming then refuses.)"""
-    rows = (checkpoint.train_state or {}).get("history")
-    if not isinstance(rows, list) or not rows:
-        return False
-    return all(isinstance(row, dict) and row.get("test_loss") is None and isinstance(row.get("val_loss"), float)
-               for row in rows)
-
-
-@dataclass
-class EpochTotals:
-    """How far an epoch has got: batches done, and the sums behind its training loss and accuracy."""
-
-    epoch: int
-    batches: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    shares: list[list[float]] = field(default_factory=list)  # at a stop: each process's [loss_sum, correct, seen]
-
-    def share(self, rank: int, world: int) -> EpochTotals:
-        """What process `rank` carries into a resumed epoch: its own sums, so the epoch adds up exactly as
-        the uninterrupted one would have (a checkpoint without shares: rank 0 carries the totals)."""
-        if len(self.shares) == world:
-            loss_sum, correct, seen = self.shares[rank]
-            return EpochTotals(self.epoch, self.batches, loss_sum, int(correct), int(seen))
-        return self if rank == 0 else EpochTotals(self.epoch, self.batches)
-
-
-@dataclass
-class RunState:
-    """Everything a resumable checkpoint carries besides the weights and the optimizer's tensors."""
-
-    settings: TrainSettings
-    history: list[EpochRecord] = field(default_factory=list)
-    best_epoch: int = 0
-    best_acc: float = -1.0
-    position: EpochTotals | None = None  # set when a run stopped mid-epoch
-    scheduler: dict[str, Any] = field(default_factory=dict)
-    scaler: dict[str, Any] = field(default_factory=dict)  # fp16 loss scale, on cards that train in fp16
-    optimizer: dict[str, Any] | None = None  # the optimizer's JSON half (param groups, scalars)
-    data: dict[str, Any] = field(default_factory=dict)  # what identifies the training set (data.identify)
-
-    def start_of(self, epoch: int) -> EpochTotals:
-        """Where `epoch` begins: where a run stopped inside it, else its first batch."""
-        return self.position if self.position and self.position.epoch == epoch else EpochTotals(epoch)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"settings": self.settings.to_dict(), "scheduler": self.scheduler, "scaler": self.scaler,
-                "history": [asdict(r) for r in self.history], "best_epoch": self.best_epoch,
-                "best_acc": self.best_acc, "position": asdict(self.position) if self.position else None,
-                "optimizer": self.optimizer, "data": self.data}
-
-    @classmethod
-    def resume(cls, checkpoint: Checkpoint, settings: TrainSettings) -> RunState:
-        stored = settings_of(checkpoint)  # refuses weights-only checkpoints
-        state = checkpoint.train_state
-        if set(state) - {"settings", "scheduler", "scaler", "history", "best_epoch", "best_acc", "position",
-                         "optimizer", "data"}:
-            raise CifarError("the checkpoint's training state is incomplete; it cannot be resumed")
-        if changed := stored.differences(settings):
-            raise CifarError("a resumed run keeps its settings; these differ from the checkpoint's: "
-                             + ", ".join(changed))
-        try:
-            history = history_from_rows(state.get("history", []))
-            position = EpochTotals(**state["position"]) if state.get("position") else None
-        except (TypeError, ValueError):
-            raise CifarError("the checkpoint's training history is damaged; it cannot be resumed") from None
-        run = cls(stored, history, state.get("best_epoch", 0), state.get("best_acc", -1.0), position,
-                  state.get("scheduler", {}), state.get("scaler", {}), state.get("optimizer"), state.get("data", {}))
-        run.check()
-        return run
-
-    def check(self) -> None:
-        """Refuse a run state whose fields have the wrong kinds or impossible values."""
-        epochs = len(self.history)
-        sound = (isinstance(self.best_epoch, int) and not isinstance(self.best_epoch, bool)
-                 and 0 <= self.best_epoch <= epochs and isinstance(self.best_acc, (int, float))
-                 and [r.epoch for r in self.history] == list(range(1, epochs + 1))
-                 and all(isinstance(x, dict) for x in (self.scheduler, self.scaler, self.data))
-                 and isinstance(self.optimizer, dict))
-        p = self.position
-        if p is not None:
-            sound = sound and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                                  for v in (p.epoch, p.batches, p.correct, p.seen)) \
-                and isinstance(p.loss_sum, (int, float)) and p.epoch == epochs + 1 and p.correct <= p.seen \
-                and isinstance(p.shares, list) and all(
-                    isinstance(share, list) and len(share) == 3
-                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in share)
-                    for share in p.shares)
-        if not sound:
-            raise CifarError("the checkpoint's training state is damaged (impossible values); it cannot be resumed")
-
-
-    def check_position(self, steps_per_epoch: int, world: int) -> None:
-        """A mid-epoch stop lies inside the epoch (a forged position would end it with nothing seen), and
-        continues with as many processes as it stopped with (each carries its own share)."""
-        p = self.position
-        if p is not None and not 0 < p.batches <= steps_per_epoch:
-            raise CifarError("the checkpoint's training state is damaged (it stopped at batch "
-                             f"{p.batches} of {steps_per_epoch}); it cannot be resumed")
-        if p is not None and p.shares and len(p.shares) != world:
-            raise CifarError(f"this run stopped mid-epoch with {len(p.shares)} process(es); resume it with as many "
-                             f"(torchrun --nproc_per_node={len(p.shares)}), not {world}")
-
 
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM stopped the run: after writing the resumable `checkpoint`, or (None) without saving,
@@ -448,13 +339,7 @@ def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
     amp_dtype = runtime.amp_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if resume is not None:
-        try:
-            optimizer.load_state_dict(unflatten_optimizer(resume.optimizer_tensors, state.optimizer or {}))
-            scheduler.load_state_dict(state.scheduler)
-            if state.scaler:
-                scaler.load_state_dict(state.scaler)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise CifarError(f"the checkpoint's optimizer state does not fit this run: {e}") from None
+        restore_progress(optimizer, scheduler, scaler, resume, state, plan.batches_per_epoch())
     ddp_model: nn.Module = model
     if dist.world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(
@@ -623,10 +508,18 @@ def _first_bad_step(t: Trainer, first_bad: torch.Tensor) -> int:
 
 def _judge_epoch(t: Trainer, state: RunState, totals: EpochTotals, test_split: Split | None,
                  val_split: Split | None, out_dir: Path, seconds: float) -> EpochRecord:
-    """Evaluate the epoch's weights, keep the best, save history.json, best and last.safetensors (rank 0 only)."""
+    """Evaluate the epoch's weights, keep the best, save history.json, best and last.safetensors (rank 0 only).
+
+    Raises NonFinite, before anything is written, when the weights, BatchNorm statistics or optimizer state
+    became non-finite although the training loss stayed finite, or the evaluation loss is not finite."""
+    tensors = {**t.model.state_dict(), **{f"saved {k}": v for k, v in t.eval_model.state_dict().items()},
+               **{f"optimizer {k}": v for k, v in flatten_optimizer(t.optimizer)[0].items()}}
+    if (bad := first_non_finite(tensors)) is not None:
+        raise NonFinite(f"{bad} became NaN or infinite")
+
     def measured(split: Split | None) -> EvalResult | None:
         return None if split is None else evaluate(t.eval_model, split, t.device, amp_dtype=t.amp_dtype,
-                                                   tta=t.settings.tta)
+                                                   tta=t.settings.tta, name=f"epoch {totals.epoch}'s network")
 
     test, held = measured(test_split), measured(val_split)
     record = EpochRecord(
@@ -659,15 +552,6 @@ def _save_last(t: Trainer, state: RunState, out_dir: Path) -> None:
         metrics=state.history[-1].metrics() if state.history else {},
         raw_state=t.model.state_dict() if t.shadow is not None else {},
         optimizer_tensors=optimizer_tensors, train_state=state.to_json()))
-
-
-def _same_data(recorded: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
-    """A resumed run must see the training set it started on: its schedule and batches depend on it."""
-    if recorded and recorded != found:
-        raise CifarError(f"this run trained on other data ({recorded.get('images', '?'):,} training images, "
-                         f"fingerprint {str(recorded.get('sha256', '?'))[:12]}); this --data-dir holds "
-                         f"{found['images']:,} (fingerprint {found['sha256'][:12]}); resume with the run's data")
-    return found
 
 
 def _notice(observer: TrainObserver, message: str | None) -> None:
@@ -745,20 +629,23 @@ def train(
     runtime, dist, out_dir = runtime or Runtime(), dist or Distributed(), Path(out_dir)
     observer = observer if (observer is not None and dist.main) else _Silent()
     state = RunState.resume(resume, settings) if resume is not None else RunState(settings)
-    state.data = _same_data(state.data, identify(train_split))
+    spec = network_spec(resume, model_spec) if resume is not None else model_spec or preset_spec()
+    whole_set = train_split
+    train_split, val_split = hold_out(train_split, settings.val_split) if settings.val_split else (train_split, None)
+    state.data = check_data(state.data, {"train": whole_set, "held_out": val_split, "test": test_split})
     if len(state.history) >= settings.epochs:
         raise CifarError(f"this run already finished its {settings.epochs} epoch{'s' * (settings.epochs != 1)}; "
                          "there is nothing to resume")
-    train_split, val_split = hold_out(train_split, settings.val_split) if settings.val_split else (train_split, None)
     runtime.configure(device, dist)
-    spec = model_spec or (resume.model if resume is not None else preset_spec())
     t = build_trainer(settings, spec, train_split, device, runtime, dist, resume, state)
     state.check_position(t.steps_per_epoch, dist.world)
+    state.choices = RunChoices(test_split is not None, "device" if isinstance(t.loader, DeviceBatches) else "loader",
+                               runtime.amp)
 
     with ExitStack() as stack:
         if dist.main:
             sizes = {"train": len(train_split), "held_out": settings.val_split,
-                     "test": len(test_split) if test_split is not None else 0}
+                     "test": len(test_split) if test_split is not None else 0, "fingerprints": state.data}
             continuing = resume is not None and resume.source is not None and (
                 resume.source.resolve() == (out_dir / LAST).resolve())
             replaced = _prepare_out_dir(stack, out_dir, t, sizes, continuing, overwrite, observer)
@@ -779,8 +666,14 @@ def train(
                                  f"{bad.step}; {_diverged(state, out_dir, epoch, first_epoch, resume, replaced)}; "
                                  f"try a lower --lr (now {settings.lr})") from None
             if dist.main:
-                observer.epoch_end(_judge_epoch(t, state, totals, test_split, val_split, out_dir,
-                                                time.perf_counter() - started))
+                try:
+                    record = _judge_epoch(t, state, totals, test_split, val_split, out_dir,
+                                          time.perf_counter() - started)
+                except NonFinite as bad:
+                    raise CifarError(f"training diverged at epoch {epoch}: {bad}; "
+                                     f"{_diverged(state, out_dir, epoch, first_epoch, resume, replaced)}; "
+                                     f"try a lower --lr (now {settings.lr})") from None
+                observer.epoch_end(record)
                 if replaced is not None and replaced.pending:
                     replaced.drop()  # this run has its first checkpoint: the one it replaces goes
             if _sum_across(t, float(stop.received or 0))[0].item() and epoch < settings.epochs:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from cifar_cli import schema
 from cifar_cli.data import CLASSES
+
+_LARGEST = 1e38  # a loss, lr or time beyond float32's range is not one a run measured
 
 
 @dataclass
@@ -49,19 +51,29 @@ class EpochRecord:
 
     @classmethod
     def from_dict(cls, row: Any) -> EpochRecord:
-        """A history.json row; TypeError or ValueError unless every field is there with its kind of value."""
-        if not isinstance(row, dict):
-            raise ValueError("a history row is not an object")
-        record = cls(**row)
+        """A history.json row; ValueError (schema.Invalid, naming the field) unless every field is there with
+        its kind of value in its range: accuracies in [0, 1], losses, times and the lr finite and >= 0."""
+        row = schema.mapping(row, "a history row")
+        names = [f.name for f in fields(cls)]
+        if unknown := sorted(set(row) - set(names)):
+            raise schema.Invalid(unknown[0][:40], "is not a history field")
+        if missing := [f.name for f in fields(cls) if f.default is MISSING and f.name not in row]:
+            raise schema.Invalid(missing[0], "is missing from a history row")
+        checked: dict[str, Any] = {}
+        for name in names:
+            value = row.get(name)
+            if name in ("epoch", "images"):
+                checked[name] = schema.whole(value, name, 1 if name == "epoch" else 0)
+            elif value is None and name.startswith(("val_", "test_")):
+                checked[name] = None
+            else:
+                checked[name] = schema.number(value, name, 0.0, 1.0 if name.endswith("_acc") else _LARGEST)
+        record = cls(**checked)
+        if (record.test_acc is None) != (record.test_loss is None) or (record.val_acc is None) != (
+                record.val_loss is None):
+            raise ValueError("a history row has an accuracy without its loss, or a loss without its accuracy")
         if record.test_acc is None and record.val_acc is None:
             raise ValueError("a history row has neither a test nor a held-out accuracy")
-        for f in fields(cls):
-            value = getattr(record, f.name)
-            if value is None and f.name.startswith(("val_", "test_")):
-                continue
-            wanted = int if f.name in ("epoch", "images") else (int, float)
-            if isinstance(value, bool) or not isinstance(value, wanted) or not math.isfinite(value):
-                raise ValueError(f"{f.name} is {value!r}")
         return record
 
     @property

@@ -207,17 +207,15 @@ def what_survives(out_dir: Path, saved_epoch: int | None, resumed_from: Path | N
     return "no checkpoint was written yet"
 
 
-def resume_argv(checkpoint: Path, data_dir: Path | None = None, model: str | None = None, device: str = "auto",
-                augment_on: str = "auto", test: bool = True) -> list[str]:
+def resume_argv(checkpoint: Path, data_dir: Path | None = None, model: str | None = None,
+                device: str = "auto") -> list[str]:
     """The command that continues a stopped run: what it cannot read from the checkpoint is repeated (the
-    data, the user's own network, which is never imported because a file names it, the device and
-    where to augment, and --no-test, kept by a resumed run only when asked)."""
+    data, the user's own network, which is never imported because a file names it, and the device); the
+    run's own choices (settings, --no-test, --augment-on, --amp) are kept by the resumed run."""
     return ["cifar", "train", "--resume", str(checkpoint),
             *(["--data-dir", str(data_dir)] if data_dir else []),
             *(["--model", model] if model and ":" in model else []),
-            *(["--device", device] if device != "auto" else []),
-            *(["--augment-on", augment_on] if augment_on != "auto" else []),
-            *([] if test else ["--no-test"])]
+            *(["--device", device] if device != "auto" else [])]
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -21,6 +21,7 @@ MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch.manual_seed both take it
 # ~200 MB of freshly page-faulted memory (9.7M faults against 4.5M). Not measured on a GPU. Results do not
 # depend on it.
 EVAL_BATCH_SIZE = 256
+MAX_EPOCHS = 1_000_000  # a million epochs of CIFAR-10 would take years; more is a typo (or a forged file)
 MAX_MIXUP = 100.0  # Beta(100, 100) already blends every batch within a few points of half and half; more is a typo
 
 
@@ -64,8 +65,12 @@ class TrainSettings:
         """Refuse impossible settings; `train_size` also bounds the held-out slice."""
         if self.epochs < 1:
             raise CifarError(f"--epochs must be at least 1, not {self.epochs}")
-        if self.batch_size < 1:
-            raise CifarError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.epochs > MAX_EPOCHS:
+            raise CifarError(f"--epochs must be at most {MAX_EPOCHS:,}, not {self.epochs}")
+        if not 1 <= self.batch_size <= MAX_SEED:
+            raise CifarError(f"--batch-size must be at least 1 (and below 2**63), not {self.batch_size}")
+        if not 0 <= self.momentum < 1:  # not an option, but a checkpoint's settings may say anything
+            raise CifarError(f"momentum must be in [0, 1), not {self.momentum}")
         if not 0 < self.lr <= MAX_LR:  # also refuses nan; past float32's range torch itself overflows
             raise CifarError(f"--lr must be a positive number up to {MAX_LR:g}, not {self.lr}")
         if not 0 <= self.seed <= MAX_SEED:

@@ -1,6 +1,7 @@
-"""Fuzzing `cifar eval`'s loading path: every mangled checkpoint is loaded correctly or refused cleanly.
+"""Fuzzing the loading paths of `cifar eval` and `cifar train --resume`: every mangled checkpoint is loaded
+correctly or refused cleanly.
 
-Hypothesis runs derandomized (a fixed seed), so CI sees the same 1,200 cases every time.
+Hypothesis runs derandomized (a fixed seed), so CI sees the same 1,500 cases every time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from cifar_cli.checkpoint import Checkpoint, load_checkpoint, model_from_checkpo
 from cifar_cli.errors import CifarError
 from cifar_cli.models import ModelSpec, NetConfig, create_model
 
-CASES = 300  # per test below; four tests
+CASES = 300  # per test below; five tests
 FUZZ = settings(max_examples=CASES, derandomize=True, deadline=timedelta(seconds=10), database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 SMALL = ModelSpec("cifarnet-ds", NetConfig(widths=(4, 4, 8, 8)).to_dict())
@@ -136,3 +137,66 @@ def test_metadata_that_is_not_json_or_names_another_architecture(valid: bytes, t
     else:
         header["__metadata__"] = data.draw(_json_values)
     _loads_or_refuses(_join(header, body), tmp_path)
+
+
+# --- the resume path: a forged value anywhere in the training state is refused in one line or resumes --------
+
+@pytest.fixture(scope="module")
+def resumable(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, object]:
+    from cifar_cli.data import load_split
+    from cifar_cli.engine import train
+    from cifar_cli.settings import TrainSettings
+
+    out = tmp_path_factory.mktemp("resumable")
+    split = load_split(tiny_data, train=True)
+    train(TrainSettings(epochs=1, batch_size=64, lr=0.05, val_split=50), split, None, out, torch.device("cpu"),
+          model_spec=SMALL)
+    return (out / "last.safetensors").read_bytes(), split
+
+
+def _paths(value: object, prefix: tuple = ()) -> list[tuple]:
+    """Every place in a JSON value: dict keys and list indices, leaves and containers alike."""
+    places = [prefix] if prefix else []
+    if isinstance(value, dict):
+        places += [p for k, v in value.items() for p in _paths(v, (*prefix, k))]
+    elif isinstance(value, list):
+        places += [p for i, v in enumerate(value) for p in _paths(v, (*prefix, i))]
+    return places
+
+
+_forged_values = _json_values | st.sampled_from([10**400, -(10**30), 2**63, float("nan"), float("inf"), -1, 0, 1e308,
+                                                 1e-308, "²", "٣", "0.x", True, [], {}, [[0, 0, 0]] * 3])
+
+
+@FUZZ
+@given(data=st.data())
+def test_forged_training_state_fields_resume_or_are_refused(resumable: tuple[bytes, object], tmp_path: Path,
+                                                             data: st.DataObject) -> None:
+    from cifar_cli.checkpoint import network_spec
+    from cifar_cli.data import hold_out
+    from cifar_cli.engine import build_trainer
+    from cifar_cli.run_state import RunState, check_data
+    from cifar_cli.runtime import Distributed, Runtime
+
+    raw, split = resumable
+    header, body = safetensors_header(raw)
+    state = json.loads(header["__metadata__"]["train_state"])
+    for _ in range(data.draw(st.integers(1, 3))):
+        *parents, last = data.draw(st.sampled_from(_paths(state)))
+        holder = state
+        for key in parents:
+            holder = holder[key]
+        holder[last] = data.draw(_forged_values)
+    header["__metadata__"]["train_state"] = json.dumps(state)
+    path = tmp_path / "forged.safetensors"
+    path.write_bytes(_join(header, body))
+    try:
+        ckpt = load_checkpoint(path)
+        run = RunState.resume(ckpt)
+        run.data = check_data(run.data, {"train": split})
+        trained_on = hold_out(split, run.settings.val_split)[0] if run.settings.val_split < len(split) else split
+        t = build_trainer(run.settings, network_spec(ckpt, None), trained_on, torch.device("cpu"), Runtime(),
+                          Distributed(), ckpt, run)
+        run.check_position(t.steps_per_epoch, 1)
+    except CifarError as e:
+        assert str(e) and "\n" not in str(e)

@@ -3,7 +3,8 @@
 A user network is named `FILE.py:NAME` or `package.module:NAME`, where NAME is a class or function that
 returns an nn.Module taking N x 3 x 32 x 32 images to N x 10 logits. Its code is imported only when the
 user names it on the command line; a checkpoint records the name, the class and a hash of the source file,
-and is never a reason to import anything.
+and is never a reason to import anything: a spec read from a file is a record, and `create_model` refuses to
+build a user network from one (only `resolve_model`, given what the user typed, makes a spec it will build).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class ModelSpec:
     config: dict[str, Any] = field(default_factory=dict)  # a preset's settings, in JSON form
     class_name: str = ""  # user networks: the class of the module their callable returned
     source_sha256: str = ""  # user networks: the source file as it was when the checkpoint was written
+    # User networks: True only when the user typed the name (resolve_model). A spec read from a file is a
+    # record of what ran, never a licence to import it. Not part of equality: the same network either way.
+    typed: bool = field(default=False, compare=False, repr=False)
 
     @property
     def is_preset(self) -> bool:
@@ -79,13 +83,20 @@ def resolve_model(name: str | None) -> ModelSpec:
                          "package.module:NAME")
     factory, source = _import_factory(name)
     model = _build_user_network(name, factory)
-    return ModelSpec(name, {}, type(model).__name__, _sha256(source) if source else "")
+    return ModelSpec(name, {}, type(model).__name__, _sha256(source) if source else "", typed=True)
 
 
 def create_model(spec: ModelSpec) -> nn.Module:
-    """A fresh network for the spec (random weights; seed torch first for repeatable ones)."""
+    """A fresh network for the spec (random weights; seed torch first for repeatable ones).
+
+    A user network is built only from a spec the user typed (resolve_model): one that came from a file
+    names code, and naming code in a file is no reason to run it.
+    """
     if spec.is_preset:
         return PRESETS[spec.name].create(spec.config)
+    if not spec.typed:
+        raise CifarError(f"{spec.describe()} is your own network, named in a file; cifar-cli never imports code "
+                         f"that a file names, so pass it yourself: --model {spec.name}")
     factory, _ = _import_factory(spec.name)
     return _build_user_network(spec.name, factory)
 
