@@ -6,6 +6,7 @@ Hypothesis runs derandomized (a fixed seed), so CI sees the same 1,500 cases eve
 
 from __future__ import annotations
 
+import copy
 import json
 import struct
 from datetime import timedelta
@@ -186,7 +187,7 @@ def test_forged_training_state_fields_resume_or_are_refused(resumable: tuple[byt
         holder = state
         for key in parents:
             holder = holder[key]
-        holder[last] = data.draw(_forged_values)
+        holder[last] = copy.deepcopy(data.draw(_forged_values))  # the strategy's lists are shared: keep them as drawn
     header["__metadata__"]["train_state"] = json.dumps(state)
     path = tmp_path / "forged.safetensors"
     path.write_bytes(_join(header, body))
