@@ -136,7 +136,8 @@ def write_network(path: Path, body: str) -> str:
 def network_with_event(batch: int, event: str) -> str:
     """The source of a small user network that, on its `batch`-th training batch, runs `event`: a line of
     Python that may replace `out` (the logits) or do something to its process. Faults enter the engine
-    through the public seam a user has, their own network, not by patching our internals."""
+    through the public seam a user has, their own network, not by patching our internals. The batches of 1
+    to 3 images with which train checks a network before the run (on a copy) are not counted."""
     return f"""
 import os, signal
 
@@ -147,7 +148,7 @@ class Net(nn.Module):
 
     def forward(self, x):
         out = self.fc(F.relu(self.conv(x)).mean((2, 3)))
-        if self.training:
+        if self.training and len(x) > 3:
             self.batches += 1
             if self.batches == {batch}:
                 {event}

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from conftest import (
 
 from cifar_cli import checkpoint as checkpoint_module
 from cifar_cli import run_folder
-from cifar_cli.checkpoint import load_checkpoint, save_checkpoint
+from cifar_cli.checkpoint import load_checkpoint
 from cifar_cli.engine import TrainingInterrupted, train
 from cifar_cli.errors import CifarError
 from cifar_cli.files import write_atomic
@@ -91,14 +90,13 @@ def test_a_hard_link_in_place_of_the_lock_is_refused(victim: Path, tiny_data: Pa
     assert victim.read_bytes() == VICTIM_BYTES
 
 
-def test_resuming_into_a_folder_with_a_planted_link_is_refused(trained_run: Path, victim: Path, tiny_data: Path,
+def test_resuming_into_a_folder_with_a_planted_link_is_refused(splits: tuple, victim: Path, tiny_data: Path,
                                                                tmp_path: Path) -> None:
     out = tmp_path / "run"
-    shutil.copytree(trained_run, out)
-    checkpoint = load_checkpoint(out / "last.safetensors")
-    state = dict(checkpoint.train_state, history=checkpoint.train_state["history"][:5], best_epoch=1)
-    save_checkpoint(out / "last.safetensors", replace(checkpoint, train_state=state, epoch=5))  # one epoch to go
-    (out / "history.json").unlink()
+    with pytest.raises(TrainingInterrupted):  # a genuine unfinished run: stopped inside its first epoch
+        train(TrainSettings(epochs=2, batch_size=16, lr=0.05, seed=3), *splits, out, CPU,
+              observer=SignalAt(signal.SIGINT, epoch=1, step=10))
+    (out / "history.json").unlink(missing_ok=True)
     (out / "history.json").symlink_to(victim)
     result = cli("train", "--resume", out / "last.safetensors", "--data-dir", tiny_data)
     assert_clean_error(result, str(out / "history.json"), "symbolic link")
@@ -207,7 +205,9 @@ def test_a_kill_9_during_an_overwrite_leaves_the_old_run_where_it_says_and_the_n
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (out / "settings.json").exists() or not (out / ".replaced" / "settings.json").exists():
-        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail(f"the run never reached its first step: {process.communicate()}")
         time.sleep(0.01)
     time.sleep(0.5)  # into its first step, which stalls
     process.kill()
