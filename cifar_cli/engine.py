@@ -111,23 +111,29 @@ def _logits(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = EVAL_BATCH_SIZE,
              classes: tuple[str, ...] = CLASSES, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD,
-             amp_dtype: torch.dtype | None = None, tta: bool = False, name: str = "the network") -> EvalResult:
+             amp_dtype: torch.dtype | None = None, tta: bool = False, name: str = "the network",
+             stopping: Callable[[], bool] | None = None) -> EvalResult:
     """Loss, accuracy and confusion matrix; with `tta`, logits are averaged over each image and its mirror.
 
     A non-finite loss is no result (a NaN network "scores" chance accuracy): NonFinite, naming `name`.
+    `stopping`, asked before each batch, abandons the evaluation (EvaluationStopped) once it says so.
     """
     was_training = model.training
     model.eval()
     n = len(classes)
     confusion = torch.zeros(n * n, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), device=device)
-    for images, labels in batches_in_order(split, batch_size):
-        labels = labels.to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            logits = _logits(model, to_device(images, device, mean, std), tta)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        confusion += torch.bincount(labels * n + logits.argmax(1), minlength=n * n)
-    model.train(was_training)
+    try:
+        for images, labels in batches_in_order(split, batch_size):
+            if stopping is not None and stopping():
+                raise EvaluationStopped
+            labels = labels.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                logits = _logits(model, to_device(images, device, mean, std), tta)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+            confusion += torch.bincount(labels * n + logits.argmax(1), minlength=n * n)
+    finally:
+        model.train(was_training)
     total = max(len(split), 1)
     if not torch.isfinite(loss_sum).item():
         raise NonFinite(f"{name} gives NaN or infinite logits for some of these {len(split):,} images; its "
@@ -165,6 +171,11 @@ class _StopRequested(Exception):
 
     def __init__(self, totals: EpochTotals):
         self.totals = totals
+
+
+class EvaluationStopped(Exception):
+    """A stop signal arrived while an epoch's network was being evaluated: the evaluation is abandoned, so
+    that the stop is quick (under torchrun the launcher kills processes that take long to stop)."""
 
 
 class _Diverged(Exception):
@@ -507,11 +518,12 @@ def _first_bad_step(t: Trainer, first_bad: torch.Tensor) -> int:
 
 
 def _judge_epoch(t: Trainer, state: RunState, totals: EpochTotals, test_split: Split | None,
-                 val_split: Split | None, out_dir: Path, seconds: float) -> EpochRecord:
+                 val_split: Split | None, out_dir: Path, seconds: float, stop: StopSignals) -> EpochRecord:
     """Evaluate the epoch's weights, keep the best, save history.json, best and last.safetensors (rank 0 only).
 
     Raises NonFinite, before anything is written, when the weights, BatchNorm statistics or optimizer state
-    became non-finite although the training loss stayed finite, or the evaluation loss is not finite."""
+    became non-finite although the training loss stayed finite, or the evaluation loss is not finite;
+    EvaluationStopped, before anything is written, when a stop signal arrives during the evaluation."""
     tensors = {**t.model.state_dict(), **{f"saved {k}": v for k, v in t.eval_model.state_dict().items()},
                **{f"optimizer {k}": v for k, v in flatten_optimizer(t.optimizer)[0].items()}}
     if (bad := first_non_finite(tensors)) is not None:
@@ -519,7 +531,8 @@ def _judge_epoch(t: Trainer, state: RunState, totals: EpochTotals, test_split: S
 
     def measured(split: Split | None) -> EvalResult | None:
         return None if split is None else evaluate(t.eval_model, split, t.device, amp_dtype=t.amp_dtype,
-                                                   tta=t.settings.tta, name=f"epoch {totals.epoch}'s network")
+                                                   tta=t.settings.tta, name=f"epoch {totals.epoch}'s network",
+                                                   stopping=lambda: stop.received is not None)
 
     test, held = measured(test_split), measured(val_split)
     record = EpochRecord(
@@ -668,7 +681,11 @@ def train(
             if dist.main:
                 try:
                     record = _judge_epoch(t, state, totals, test_split, val_split, out_dir,
-                                          time.perf_counter() - started)
+                                          time.perf_counter() - started, stop)
+                except EvaluationStopped:  # saved as a finished, unjudged epoch: a resume judges it first
+                    interrupted = _stopped(stop, t, state, totals, out_dir, replaced)
+                    _sum_across(t, float(stop.received or signal.SIGTERM))  # the others are waiting to hear it
+                    raise interrupted from None
                 except NonFinite as bad:
                     raise CifarError(f"training diverged at epoch {epoch}: {bad}; "
                                      f"{_diverged(state, out_dir, epoch, first_epoch, resume, replaced)}; "

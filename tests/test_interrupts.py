@@ -72,6 +72,44 @@ def test_signal_mid_epoch_saves_and_resumes_to_the_same_run(signum: int, splits:
     _assert_same_run(tmp_path, reference)
 
 
+def test_a_signal_during_evaluation_stops_it_at_once_and_resumes_to_the_same_run(splits: tuple,
+                                                                                 tmp_path: Path) -> None:
+    """Under torchrun the launcher kills processes that take long to stop, so a stop that arrives while an
+    epoch is being evaluated must not wait for the evaluation: it saves the finished, unjudged epoch."""
+    flag = tmp_path / "signal-during-evaluation"
+    network = write_network(tmp_path / "evaluated.py", f"""
+import os, signal
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.evaluated = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10), 0
+
+    def forward(self, x):
+        if not self.training and len(x) > 3:
+            self.evaluated += 1
+            if self.evaluated == 1 and os.path.exists({str(flag)!r}):
+                os.remove({str(flag)!r})
+                os.kill(os.getpid(), signal.SIGINT)
+        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+""")
+    settings, spec = replace(SETTINGS, epochs=2), resolve_model(network)
+    judged_on = (splits[0], splits[0])  # 300 images: evaluated in two batches, so there is a batch to skip
+    uninterrupted, stopped_run = tmp_path / "uninterrupted", tmp_path / "stopped"
+    train(settings, *judged_on, uninterrupted, CPU, model_spec=spec)
+    flag.touch()
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(settings, *judged_on, stopped_run, CPU, model_spec=spec)
+    steps = -(-len(splits[0]) // settings.batch_size)
+    assert (stopped.value.epoch, stopped.value.step) == (1, steps) and not flag.exists()
+    assert not (stopped_run / "history.json").exists()  # the epoch was not judged
+    position = load_checkpoint(stopped_run / "last.safetensors").train_state["position"]
+    assert (position["epoch"], position["batches"]) == (1, steps)
+    train(settings, *judged_on, stopped_run, CPU, model_spec=spec,
+          resume=load_checkpoint(stopped_run / "last.safetensors"))
+    _assert_same_run(stopped_run, uninterrupted)
+
+
 def _start_cli(tiny_data: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cifar_cli", "train", "--data-dir", str(tiny_data), "--out",
                              str(out), *CLI_SETTINGS, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
