@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cifar_cli import schema
 from cifar_cli.errors import CifarError, shell_command
 from cifar_cli.files import create_own, open_own, read_input, refuse_unless_ours, sync_folder, write_atomic
 from cifar_cli.interrupts import interrupt_now, note_signal
@@ -248,6 +249,8 @@ def read_history(path: Path) -> list[EpochRecord]:
         raise CifarError(f"history not found: {path}") from None
     except OSError as e:
         raise CifarError(f"cannot read {path}: {e.strerror or e}") from None
+    except schema.Invalid as e:  # a field out of its kind or range: say which
+        raise CifarError(f"{path} is not a cifar train history.json: {e}") from None
     except (ValueError, TypeError, RecursionError):  # RecursionError: "[[[[..." nested a million deep
         raise CifarError(f"{path} is not a cifar train history.json") from None
     if not history:

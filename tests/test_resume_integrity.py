@@ -201,10 +201,11 @@ def test_an_epoch_not_in_ascii_digits_is_refused(trained_run: Path, tiny_data: P
 def test_a_huge_integer_in_a_history_is_refused_by_plot_and_resume(trained_run: Path, tiny_data: Path,
                                                                     tmp_path: Path) -> None:
     rows = json.loads((trained_run / "history.json").read_text())
-    rows[0]["train_loss"] = 10**400
-    (tmp_path / "history.json").write_text(json.dumps(rows))
-    assert_clean_error(cli("plot", tmp_path / "history.json", "--out", tmp_path / "c.png"),
-                       str(tmp_path / "history.json"))
+    for field, forged_value in (("train_loss", 10**400), ("test_acc", float("-inf")), ("epoch", "²")):
+        forged_rows = [dict(rows[0], **{field: forged_value}), *rows[1:]]
+        (tmp_path / "history.json").write_text(json.dumps(forged_rows))
+        assert_clean_error(cli("plot", tmp_path / "history.json", "--out", tmp_path / "c.png"),
+                           str(tmp_path / "history.json"), field)  # the field is named, never "-inf%"
     last = trained_run / "last.safetensors"
     state = _train_state(last)
     state["history"][0]["seconds"] = 10**400
