@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TRAIN_ARGS, assert_clean_error, cli, safetensors_header, write_network
+from conftest import TRAIN_ARGS, assert_clean_error, cli, network_with_event, safetensors_header, write_network
 from safetensors.torch import load_file, save_file
 
 
@@ -89,22 +89,9 @@ def test_the_network_the_user_names_resumes_the_run(planted: tuple[Path, Path, s
 def _stopped_run(tiny_data: Path, tmp_path: Path, *options: str) -> tuple[Path, str]:
     """A run of a user network that stops itself (SIGINT, once) at its 3rd training batch, inside epoch 1."""
     once = tmp_path / "signalled"
-    net = write_network(tmp_path / "net.py", f"""
-import os, signal
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.fc, self.batches = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10), 0
-
-    def forward(self, x):
-        if self.training:
-            self.batches += 1
-            if self.batches == 3 and not os.path.exists({str(once)!r}):
-                open({str(once)!r}, "w").close()
-                os.kill(os.getpid(), signal.SIGINT)
-        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
-""")
+    stop_once = (f"os.path.exists({str(once)!r}) or "  # a resumed process counts its batches afresh
+                 f"(open({str(once)!r}, 'w').close(), os.kill(os.getpid(), signal.SIGINT))")
+    net = write_network(tmp_path / "net.py", network_with_event(3, stop_once))
     out = tmp_path / "run"
     first = cli("train", "--model", net, "--epochs", "2", "--data-dir", tiny_data, "--out", out, *TRAIN_ARGS,
                 *options)
