@@ -16,8 +16,8 @@ from torch import nn
 from cifar_cli.data import MEAN, STD, Split
 from cifar_cli.engine import RunState, build_trainer, predict, to_device, train_step
 from cifar_cli.errors import CifarError
+from cifar_cli.graph import trace_graph
 from cifar_cli.models import ModelSpec
-from cifar_cli.receptive_field import trace_forward
 from cifar_cli.runtime import Distributed, Runtime
 from cifar_cli.settings import MAX_LR, TrainSettings
 
@@ -76,7 +76,7 @@ def _note(shapes: dict[str, tuple[int, int]], name: str, output: object) -> None
 
 def default_cam_layer(model: nn.Module) -> str:
     """The last convolution whose output is at least 8x8."""
-    convs = [c.name for c in trace_forward(model).calls
+    convs = [c.name for c in trace_graph(model).layers
              if isinstance(c.module, nn.Conv2d) and min(c.out_shape[-2:]) >= MIN_CAM_SIZE]
     if not convs:
         raise CifarError("no convolution has an output of 8x8 or more; name a layer with --layer")
