@@ -238,13 +238,21 @@ def models_command(as_json: Json = False) -> None:
         out.print(presets_table(rows))
 
 
-@app.command()
+def _summary_help() -> str:
+    from rich.markup import escape
+
+    from cifar_cli.rulebook import RULES
+
+    meanings = "\n\n".join(f"- {escape(rule.name)}: {escape(rule.meaning)}." for rule in RULES)
+    return ("Layers, output shapes and parameter counts of the network, and a check of the design rules.\n\n"
+            "Each rule is judged on what one forward pass computes, whether written as modules, F.* calls or "
+            "tensor methods; a failing rule says how to fix it. Exits 1, naming each failing rule, when the "
+            f"network breaks one. The rules (docs/rules.md has the details):\n\n{meanings}")
+
+
+@app.command(help=_summary_help())
 @_fails_cleanly
 def summary(model: ModelOption = None, as_json: Json = False) -> None:
-    """Layers, output shapes and parameter counts of the network, and a check of the design rules.
-
-    Exits 1, naming each failing rule, when the network breaks one.
-    """
     from cifar_cli.models import create_model, resolve_model
     from cifar_cli.report import layer_summary, rules_table
     from cifar_cli.rules import check_rules, count_parameters
@@ -262,6 +270,9 @@ def summary(model: ModelOption = None, as_json: Json = False) -> None:
         out.print(rules_table(rules))
         out.print("[green]All rules pass.[/]" if not failed
                   else f"[bold red]Fails {len(failed)} rule{'s' * (len(failed) > 1)}:[/] {_literal('; '.join(failed))}")
+        for rule in rules:
+            if not rule.passed:
+                out.print(f"  [bold]fix[/] {_literal(rule.name)}: {_literal(rule.fix)}", soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -274,13 +285,12 @@ def receptive_field_command(model: ModelOption = None, as_json: Json = False) ->
     from cifar_cli.receptive_field import receptive_field
     from cifar_cli.report import receptive_field_table
 
-    rows = receptive_field(create_model(resolve_model(model)))
-    total = rows[-1].rf if rows else 1
+    found = receptive_field(create_model(resolve_model(model)))
     if as_json:
-        _print_json({"layers": [asdict(r) for r in rows], "total": total})
+        _print_json({"layers": [asdict(r) for r in found.rows], "total": found.total})
     else:
-        out.print(receptive_field_table(rows))
-        out.print(f"Total receptive field: [bold]{total}[/] pixels (of a 32x32 image)")
+        out.print(receptive_field_table(found.rows))
+        out.print(f"Total receptive field: [bold]{found.total}[/] pixels (of a 32x32 image)")
 
 
 @app.command("augment-preview")
