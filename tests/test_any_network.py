@@ -84,8 +84,8 @@ def test_s9_reference_is_the_reference_network_layer_for_layer() -> None:
     summary = json.loads(cli("summary", "--model", "s9-reference", "--json").stdout)
     assert summary["parameters"] == 99_912 and summary["passed"]
     figures = {r["name"]: r["figure"] for r in summary["rules"]}
-    assert figures[">= 1 dilated conv"] == "2 dilated convolutions"
-    assert figures[">= 1 depthwise-separable conv"] == "2 depthwise + pointwise pairs"
+    assert figures[">= 1 dilated conv"] == "2 dilated convolutions (c2.conv6.0, c3.conv9.0)"
+    assert figures[">= 1 depthwise-separable conv"] == "2 depthwise -> pointwise (first: c3.conv7.0 -> c3.conv7.1)"
     assert figures["receptive field > 44"] == "59 pixels"
 
 
