@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cifar_cli.graph import Graph
+from cifar_cli.graph import IMAGES, Graph, Op
+from cifar_cli.positions import conv_of
 
 COUNT = 4
 _NUMBERED = re.compile(r"([A-Za-z]+(?:_[A-Za-z]+)*?)_?(\d+)")
@@ -38,9 +39,9 @@ def find_blocks(model: nn.Module, graph: Graph) -> Blocks:
             return Blocks(tuple(listed), "the blocks attribute",
                           f"blocks names {missing[0]!r}, which is not a module of this network")
         return _judge(tuple(listed), "the blocks attribute", graph)
-    convs = [op.owner for op in graph.ops if op.name == "conv2d"]
-    families, corner = _numbered_families(modules, graph), None
-    for names, found_by in (*families, *_stages(modules, graph)):
+    convs = _feature_convs(graph)
+    families, corner = _numbered_families(modules, graph, convs), None
+    for names, found_by in (*families, *_stages(modules, graph, convs)):
         held = _convs_in(names, convs)
         if len(names) == COUNT and 2 * held >= len(convs):
             return _judge(names, found_by, graph)
@@ -50,19 +51,35 @@ def find_blocks(model: nn.Module, graph: Graph) -> Blocks:
     return corner or Blocks((), "", _nothing_found(families))
 
 
-def _runs_convs(path: str, graph: Graph, module: nn.Module) -> bool:
-    """A container (children, or a forward of its own that runs several ops) that runs a convolution."""
-    ops = [op for op in graph.ops if op.owner == path or op.owner.startswith(path + ".")]
-    return any(op.name == "conv2d" for op in ops) and (bool(list(module.children())) or len(ops) > 1)
+def _feature_convs(graph: Graph) -> list[Op]:
+    """The convolutions that make features: all but a classifier, the last convolution when it is a 1x1
+    giving the output's width (`convblock5 = nn.Conv2d(c, 10, 1)` before or after the GAP is no block)."""
+    convs = [(op, conv_of(op)) for op in graph.ops if conv_of(op)]
+    width = graph.ops[graph.output].out_shape[-1] if graph.output not in (None, IMAGES) else None
+    if convs and convs[-1][1].kernel == (1, 1) and convs[-1][1].out_channels == width:
+        convs = convs[:-1]
+    return [op for op, _ in convs]
 
 
-def _convs_in(names: tuple[str, ...], convs: list[str]) -> int:
-    return sum(any(owner == n or owner.startswith(n + ".") for n in names) for owner in convs)
+def _inside(op: Op, path: str) -> bool:
+    return op.owner == path or op.owner.startswith(path + ".")
 
 
-def _numbered_families(modules: dict[str, nn.Module], graph: Graph) -> list[tuple[tuple[str, ...], str]]:
+def _is_container(path: str, graph: Graph, module: nn.Module, convs: list[Op]) -> bool:
+    """A module with children, or a forward of its own that runs several ops, that makes features."""
+    return any(_inside(op, path) for op in convs) and (
+        bool(list(module.children())) or sum(_inside(op, path) for op in graph.ops) > 1)
+
+
+def _convs_in(names: tuple[str, ...], convs: list[Op]) -> int:
+    return sum(any(_inside(op, n) for n in names) for op in convs)
+
+
+def _numbered_families(modules: dict[str, nn.Module], graph: Graph, convs: list[Op]
+                       ) -> list[tuple[tuple[str, ...], str]]:
     """Sibling modules numbered from 1 under one prefix (c1.., convblock1.., layer_1..), shallowest first,
-    those called c or C before the others. A family other than c1..c4 must be of containers."""
+    those called c or C before the others. A family other than c1..c4 must be of containers. A member
+    that runs but makes no features (the classifier, a dropout) is not counted; one that never runs is."""
     found = []
     for parent, module in modules.items():
         groups: dict[str, dict[int, str]] = defaultdict(dict)
@@ -71,22 +88,23 @@ def _numbered_families(modules: dict[str, nn.Module], graph: Graph) -> list[tupl
             if match:
                 groups[match[1].lower()][int(match[2])] = f"{parent}.{child}" if parent else child
         for prefix, members in groups.items():
-            if 1 not in members:
+            names = tuple(n for _, n in sorted(members.items())
+                          if any(_inside(op, n) for op in convs) or not any(_inside(op, n) for op in graph.ops))
+            if 1 not in members or not names:
                 continue
-            names = tuple(members[i] for i in sorted(members))
-            if prefix != "c" and not all(_runs_convs(n, graph, modules[n]) for n in names):
+            if prefix != "c" and not all(_is_container(n, graph, modules[n], convs) for n in names):
                 continue
             found.append((names, prefix, parent.count(".") + bool(parent)))
     found.sort(key=lambda f: (f[1] != "c", f[2]))
     return [(names, "their names") for names, _, _ in found]
 
 
-def _stages(modules: dict[str, nn.Module], graph: Graph) -> list[tuple[tuple[str, ...], str]]:
-    """Modules whose children that run convolutions are exactly four containers (a Sequential of stages)."""
+def _stages(modules: dict[str, nn.Module], graph: Graph, convs: list[Op]) -> list[tuple[tuple[str, ...], str]]:
+    """Modules whose children that make features are exactly four containers (a Sequential of stages)."""
     found = []
     for parent, module in modules.items():
         stages = tuple(f"{parent}.{c}" if parent else c for c, m in module.named_children()
-                       if _runs_convs(f"{parent}.{c}" if parent else c, graph, m))
+                       if _is_container(f"{parent}.{c}" if parent else c, graph, m, convs))
         if len(stages) == COUNT:
             found.append((stages, f"the four stages of {parent or 'the network'}"))
     return found
@@ -97,7 +115,7 @@ def _judge(names: tuple[str, ...], found_by: str, graph: Graph) -> Blocks:
         return Blocks(names, found_by, f"{found_by} lists {len(names)} modules, not four")
     spans = []
     for name in names:
-        ops = [op for op in graph.ops if op.owner == name or op.owner.startswith(name + ".")]
+        ops = [op for op in graph.ops if _inside(op, name)]
         if not ops:
             return Blocks(names, found_by, f"{name} never runs in the forward pass")
         if not any(op.name == "conv2d" for op in ops):

@@ -105,8 +105,8 @@ def _dilated(model: nn.Module, graph: Graph) -> Rule:
     convs = [(op, conv_of(op)) for op in graph.ops if conv_of(op)]
     dilated = [op.label for op, conv in convs if conv.dilated]
     if dilated:
-        return _verdict(rulebook.DILATED, True, f"{len(dilated)} dilated convolutions ({', '.join(dilated[:3])}"
-                                                f"{', ...' if len(dilated) > 3 else ''})")
+        return _verdict(rulebook.DILATED, True, f"{len(dilated)} dilated convolution{'s' * (len(dilated) > 1)} "
+                                                f"({', '.join(dilated[:3])}{', ...' if len(dilated) > 3 else ''})")
     useless = [op.label for op, conv in convs if max(conv.dilation) > 1]
     figure = (f"only 1x1 convolutions are dilated ({', '.join(useless[:3])}): no effect" if useless
               else "no convolution has dilation > 1")
@@ -134,8 +134,7 @@ def _global_average(model: nn.Module, graph: Graph) -> Rule:
         ancestors = graph.ancestors(graph.output)
         last = max(averages & ancestors)
         source = next(o for o in graph.single_input_chain(graph.ops[last]) if o.is_map())
-        after = [graph.ops[i].name for i in sorted(ancestors) if i > last] + [graph.ops[graph.output].name] * (
-            graph.output != last)
+        after = [graph.ops[i].name for i in sorted(ancestors) if i > last]
         h, w = source.out_shape[-2:]
         return _verdict(text, True, f"average over the {h}x{w} map ({graph.ops[last].label})"
                                     + (f", then {', '.join(dict.fromkeys(after))}" if after else ""))
@@ -143,8 +142,9 @@ def _global_average(model: nn.Module, graph: Graph) -> Rule:
     if maxima:
         return _verdict(text, False, f"{maxima[0]} takes the maximum over positions, not the average",
                         "replace the global max pooling with nn.AdaptiveAvgPool2d(1)")
-    last_map = max((op for op in graph.ops if op.is_map() and op.index in graph.ancestors(graph.output)),
-                   key=lambda op: op.index, default=None)
+    feeding = graph.ancestors(graph.output)
+    last_map = max((op for op in graph.ops if op.is_map() and op.index in feeding), key=lambda op: op.index,
+                   default=None)
     if last_map is None:
         return _verdict(text, False, "no feature map reaches the output")
     h, w = last_map.out_shape[-2:]
@@ -182,8 +182,9 @@ def _receptive_field(model: nn.Module, graph: Graph) -> Rule:
         return _verdict(text, False, f"unknown: {e}".replace("receptive field: ", ""),
                         "write the resizing as a convolution or pooling the walk can read (nn.Conv2d, nn.AvgPool2d)")
     short = MIN_RECEPTIVE_FIELD + 1 - found.total
-    fix = (f"widen the view by {short} pixels or more: a 3x3 convolution with dilation=2 on the last map adds "
-           f"{4 * found.jump}, one more stride-2 convolution earlier doubles what later layers add")
+    fix = (f"widen the view by {short} pixel{'s' * (short != 1)} or more: one more 3x3 convolution on the last "
+           f"map adds {2 * found.jump}, with dilation=2 {4 * found.jump}; a stride-2 convolution earlier doubles "
+           "what every later layer adds")
     return _verdict(text, found.total > MIN_RECEPTIVE_FIELD, f"{found.total} pixel{'s' * (found.total != 1)}", fix)
 
 

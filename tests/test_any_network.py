@@ -123,13 +123,19 @@ def test_a_users_network_that_breaks_something(tmp_path: Path, body: str, exit_c
 def test_receptive_field_names_what_it_cannot_reason_about(tmp_path: Path) -> None:
     upsampled = GOOD.replace("self.c4 = nn.Sequential(", "self.c4 = nn.Sequential(nn.Upsample(scale_factor=2), ")
     assert_clean_error(cli("receptive-field", "--model", write_network(tmp_path / "up.py", upsampled)),
-                       "cannot reason about layer 'c4.0' (Upsample)")
-    pooled_in_forward = GOOD.replace("self.c4(self.c3(", "self.c4(F.avg_pool2d(self.c3(")
-    pooled_in_forward = pooled_in_forward.replace("self.c1(x))))", "self.c1(x))), 1))")
-    assert_clean_error(cli("receptive-field", "--model", write_network(tmp_path / "fp.py", pooled_in_forward)),
-                       "the network's forward calls avg_pool2d directly")
+                       "cannot work out what 'c4.0' (interpolate) does to positions")
     summary = cli("summary", "--model", f"{tmp_path / 'up.py'}:Net")  # the rule fails and says why
     assert summary.exit_code == 1 and "receptive field > 44" in summary.stdout
+
+
+def test_pooling_called_in_a_forward_is_read_like_a_pooling_layer(tmp_path: Path) -> None:
+    pooled_in_forward = GOOD.replace("self.c4(self.c3(", "self.c4(F.avg_pool2d(self.c3(")
+    pooled_in_forward = pooled_in_forward.replace("self.c1(x))))", "self.c1(x))), 3, 1, 1))")
+    rf = json.loads(cli("receptive-field", "--model", write_network(tmp_path / "fp.py", pooled_in_forward),
+                        "--json").stdout)
+    pool = next(layer for layer in rf["layers"] if layer["name"] == "forward: avg_pool2d")
+    assert (pool["kernel"], pool["stride"], pool["padding"]) == (3, 1, 1)
+    assert rf["total"] == 51 + 2 * pool["jump_in"]  # a 3x3 window adds 2 x jump, like a 3x3 convolution
 
 
 def test_unknown_models_are_one_line_errors() -> None:

@@ -201,6 +201,11 @@ def test_blocks_are_found_however_they_are_named_and_a_failure_says_how_to_name_
     for names in (["c1", "c2", "c3", "c4"], ["C1", "C2", "C3", "C4"], ["convblock1", "convblock2", "convblock3",
                   "convblock4"], ["layer_1", "layer_2", "layer_3", "layer_4"], ["prep", "mid", "deep", "out"]):
         assert verdict(four(names)).passed, names
+    headed = four(["convblock1", "convblock2", "convblock3", "convblock4"])
+    headed.convblock5 = nn.Conv2d(8, 10, 1)  # the course's classifier: GAP, then a numbered 1x1 to 10
+    headed.forward = lambda x: headed.convblock5(headed.convblock4(headed.convblock3(headed.convblock2(
+        headed.convblock1(x)))).mean((2, 3), keepdim=True)).flatten(1)
+    assert verdict(headed).figure.startswith("C1..C4 = convblock1, convblock2, convblock3, convblock4")
     swapped = four(["c1", "c2", "c4", "c3"])  # c4 runs before c3
     assert verdict(swapped).figure == "c4 runs before c3 has finished: blocks run one after another"
     listed = four(["a", "b", "c", "d"])
