@@ -14,9 +14,12 @@ from typer.testing import CliRunner
 from cifar_cli.cli import app
 from cifar_cli.data import CLASSES, FOLDER, load_split
 
-# The real CIFAR-10 (all of it) where the workplace keeps it beside the checkout; None elsewhere.
-_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_DATA = _SHARED_DATA if (_SHARED_DATA / FOLDER / "test_batch").is_file() else None
+# The real CIFAR-10 (all of it), from $CIFAR_DATA_DIR, the variable users set for their data (.ci/run sets it
+# where a copy is kept); None without it, and the tests that need it skip saying so. It is then removed from
+# the environment: every other test says which data it uses, and the CLI's default must not find this copy.
+_DATA_DIR = os.environ.pop("CIFAR_DATA_DIR", None)
+REAL_DATA = Path(_DATA_DIR) if _DATA_DIR and (Path(_DATA_DIR) / FOLDER / "test_batch").is_file() else None
+NO_REAL_DATA = "the full CIFAR-10 is not there: set CIFAR_DATA_DIR to the folder holding cifar-10-batches-py"
 
 # Each class gets its own colour and stripe direction, plus noise: learnable in a few epochs, like a
 # memorisable subset of the real thing, yet every image is different.

@@ -55,7 +55,7 @@ def test_models_lists_every_preset_with_its_figures() -> None:
     assert table.exit_code == 0 and "s9-reference" in table.stdout and "99,912" in table.stdout
 
 
-# name: (output shape from a 32x32 input, parameters), from ../shared/reference/s9-reference-network.md
+# name: (output shape from a 32x32 input, parameters), from the reference network's published layer table
 S9_TABLE = {
     "c1.conv1": ((19, 32, 32), 551), "c1.conv2": ((19, 32, 32), 3_287), "c1.conv3": ((38, 15, 15), 6_574),
     "c1.trans1": ((19, 15, 15), 722), "c2.conv4": ((38, 15, 15), 6_574), "c2.conv5": ((38, 15, 15), 13_072),

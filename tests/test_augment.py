@@ -17,7 +17,7 @@ from cifar_cli.settings import DEFAULTS, AugmentOdds, TrainSettings
 
 @pytest.fixture
 def real_image(tiny_data: Path) -> np.ndarray:
-    """A real CIFAR-10 training image when ../shared/data is there, else one from the fixture files."""
+    """A real CIFAR-10 training image when $CIFAR_DATA_DIR has them, else one from the fixture files."""
     root = REAL_DATA or tiny_data
     return load_split(root, train=False).images[3]
 

@@ -32,7 +32,7 @@ from cifar_cli.settings import DEFAULTS, AugmentOdds
 
 
 def natural_images(count: int, seed: int = 0) -> np.ndarray:
-    """uint8 N x 32 x 32 x 3: the real test images where ../shared/data has them, else smooth random
+    """uint8 N x 32 x 32 x 3: the real test images where $CIFAR_DATA_DIR has them, else smooth random
     scenes with noise (sharp edges and gradients, so interpolation errors would show)."""
     if REAL_DATA is not None:
         return load_split(REAL_DATA, train=False).images[:count]

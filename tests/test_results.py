@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_DATA, TRAIN_ARGS, SignalAt, assert_clean_error, cli
+from conftest import NO_REAL_DATA, REAL_DATA, TRAIN_ARGS, SignalAt, assert_clean_error, cli
 from PIL import Image
 
 import cifar_cli.checkpoint as checkpoint_module
@@ -258,8 +258,7 @@ def test_the_packaged_checkpoint_is_the_result_the_readme_states(tiny_data: Path
     assert json.loads(result.stdout)["checkpoint"] == str(PACKAGED_CHECKPOINT)
 
 
-@pytest.mark.skipif(REAL_DATA is None,
-                    reason="the real CIFAR-10 test set is not next to this checkout (../shared/data)")
+@pytest.mark.skipif(REAL_DATA is None, reason=NO_REAL_DATA)
 def test_the_packaged_checkpoint_scores_what_it_claims_on_the_official_test_set() -> None:
     ckpt = load_checkpoint(PACKAGED_CHECKPOINT)
     result = cli("eval", "--data-dir", REAL_DATA, "--device", "cpu", "--json")
