@@ -10,11 +10,8 @@ Writes are atomic: a temp file in the same folder, fsync, rename.
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import re
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,7 @@ from cifar_cli import __version__, schema
 from cifar_cli.data import CLASSES, MEAN, STD
 from cifar_cli.errors import CifarError, shell_command
 from cifar_cli.files import read_input, write_atomic
-from cifar_cli.models import DEFAULT_MODEL, LEGACY_MODEL, ModelSpec, create_model, preset_spec
+from cifar_cli.models import DEFAULT_MODEL, LEGACY_MODEL, ModelSpec, create_model
 
 FORMAT = "cifar-cli/1"
 PROBE_IMAGES = 8  # images of the batch every loaded network must give finite logits for (_probe)
@@ -317,120 +314,3 @@ def _spec_to_build(recorded: ModelSpec, given: ModelSpec | None, path: Path | st
         raise CifarError(f"{path} holds your own network {recorded.describe()}; cifar-cli never imports code "
                          f"that a checkpoint names, so pass it yourself: {shell_command(['--model', recorded.name])}")
     return given
-
-
-def convert_pytorch_checkpoint(src: Path, dst: Path, model: ModelSpec | None = None) -> Checkpoint:
-    """Turn a PyTorch .pt/.pth state_dict of this network into a cifar-cli .safetensors checkpoint.
-
-    torch.load(weights_only=True) accepts only tensors and plain containers, so a malicious pickle is
-    refused instead of run.
-    """
-    src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise CifarError(f"cannot convert {src} onto itself; name another target")
-    raw = read_input(src, MAX_CHECKPOINT_BYTES, "checkpoint")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the error says enough
-            warnings.simplefilter("ignore")
-            obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as e:  # an unsafe or damaged pickle
-        raise CifarError(f"cannot convert {src}: {_torch_load_reason(e)}") from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
-        raise CifarError(f"cannot convert {src}: it does not hold a state_dict of tensors")
-    state, came_from = {}, {}
-    for original, tensor in obj.items():
-        name = str(original)
-        while name.startswith(("module.", "_orig_mod.")):  # DataParallel / DDP / torch.compile wrappers, nested
-            name = name.split(".", 1)[1]
-        if name in state:  # two names for one weight: keeping either would be a guess
-            raise CifarError(f"cannot convert {src}: {came_from[name]!r} and {original!r} both name {name!r}")
-        state[name], came_from[name] = tensor.clone(), original  # clone: safetensors refuses shared storage
-    ckpt = Checkpoint(model or preset_spec(), state, metrics={"converted_from": src.name})
-    model_from_checkpoint(ckpt, src, given=ckpt.model)  # refuses weights of another architecture
-    save_checkpoint(dst, ckpt)
-    return ckpt
-
-
-# Words of torch's advice on how to load a refused file anyway (weights_only=False, add_safe_globals, "if you
-# trust the source"): a sentence holding any of them is never repeated, whatever torch's version words it as,
-# and whatever a hostile file names its globals.
-_ADVICE = ("weights_only", "safe_globals", "allowlist", "trust", "can still be loaded", "torch.load", "torch.serial",
-           "documentation", "http", "pickle_module", "arbitrary code")
-
-
-def _torch_load_reason(e: Exception) -> str:
-    """torch's own reason for refusing a file (the global or opcode it rejected), never its advice to turn
-    the safety off: every sentence of its message that gives advice is dropped, whichever path raised it."""
-    text = str(e)
-    unsafe = "WeightsUnpickler error:" in text or "Unsupported" in text or "weights_only" in text.lower()
-    text = text.split("WeightsUnpickler error:", 1)[-1]
-    sentences = [part.strip() for part in re.split(r"(?<=[.!?])\s+|\n", text)]
-    kept = [part.rstrip(".") for part in sentences if part and not any(w in part.lower() for w in _ADVICE)]
-    if unsafe:
-        return f"it needs more than tensors to load ({kept[0]})" if kept else "it needs more than tensors to load"
-    return f"it is not a PyTorch file of tensors ({type(e).__name__}{': ' + kept[0] if kept else ''})"
-
-
-def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer's state_dict into tensors (for safetensors) and JSON (for metadata)."""
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, state in sd["state"].items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value
-            else:
-                scalars[f"{index}.{key}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-# The param-group fields the schedule moves each step; every other one follows from the run's settings.
-_GROUP_PROGRESS = ("lr", "momentum")
-
-
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: Any, optimizer: torch.optim.Optimizer
-                        ) -> dict[str, Any]:
-    """The state_dict `flatten_optimizer` split, checked against `optimizer` (built for the run from its
-    settings) before torch sees it: the same param groups with the same fixed settings, a finite lr and
-    momentum, and per-parameter state of each parameter's shape, finite. schema.Invalid otherwise."""
-    meta = schema.mapping(meta, "optimizer")
-    fresh = schema.jsonable(optimizer.state_dict()["param_groups"])
-    saved = meta.get("param_groups")
-    if not isinstance(saved, list) or len(saved) != len(fresh):
-        raise schema.Invalid("optimizer.param_groups", f"is not a list of {len(fresh)} groups")
-    groups = [_param_group(group, want, f"optimizer.param_groups[{i}]")
-              for i, (group, want) in enumerate(zip(saved, fresh))]
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    scalars = schema.mapping(meta.get("scalars", {}), "optimizer.scalars")
-    state: dict[int, dict[str, Any]] = {}
-    for flat, value in [*tensors.items(), *scalars.items()]:
-        index, _, key = flat.partition(".")
-        name = f"optimizer state {flat[:60]!r}"
-        if not (key.isidentifier() and len(key) <= 40):
-            raise schema.Invalid(name, "is not INDEX.NAME")
-        where = schema.digits(index, name, len(params) - 1)  # no parameters at all: no index is one
-        if isinstance(value, torch.Tensor):
-            if value.shape not in (params[where].shape, torch.Size([])) or not value.is_floating_point():
-                raise schema.Invalid(name, f"is {value.dtype} {tuple(value.shape)}, not the parameter's "
-                                           f"{tuple(params[where].shape)}")
-            if not torch.isfinite(value).all():
-                raise schema.Invalid(name, "holds NaN or infinity")
-        else:
-            schema.number(value, name, -1e38, 1e38)
-        state.setdefault(where, {})[key] = value
-    return {"state": state, "param_groups": groups}
-
-
-def _param_group(group: Any, fresh: dict[str, Any], name: str) -> dict[str, Any]:
-    group = schema.mapping(group, name)
-    for key, value in fresh.items():
-        if key not in _GROUP_PROGRESS and group.get(key, value) != value:
-            raise schema.Invalid(f"{name}.{key}", f"is {group.get(key)!r:.40}, but the run's settings give {value!r}")
-    checked = schema.like({k: group.get(k, v) for k, v in fresh.items()}, fresh, name)
-    top = fresh.get("max_lr", fresh["lr"])
-    schema.number(checked["lr"], f"{name}.lr", 0.0, top * (1 + 1e-6))
-    schema.number(checked.get("momentum", 0.0), f"{name}.momentum", 0.0, 1.0)
-    return checked

@@ -40,7 +40,6 @@ from cifar_cli.checkpoint import (
     Checkpoint,
     NonFinite,
     first_non_finite,
-    flatten_optimizer,
     model_from_checkpoint,
     network_spec,
     save_checkpoint,
@@ -62,6 +61,7 @@ from cifar_cli.data import (
 from cifar_cli.errors import CifarError
 from cifar_cli.models import ModelSpec, create_model, preset_spec
 from cifar_cli.models.spec import check_trainable, user_code
+from cifar_cli.optimizer_state import flatten_optimizer
 from cifar_cli.records import EpochRecord, EvalResult, TrainResult
 from cifar_cli.run_folder import (
     BEST,

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from cifar_cli import schema
-from cifar_cli.checkpoint import Checkpoint, network_spec, unflatten_optimizer
+from cifar_cli.checkpoint import Checkpoint, network_spec
 from cifar_cli.data import Split, describe_identity, identify, same_images
 from cifar_cli.errors import CifarError
 from cifar_cli.models import ModelSpec
+from cifar_cli.optimizer_state import unflatten_optimizer
 from cifar_cli.records import EpochRecord, history_from_rows
 from cifar_cli.runtime import Runtime
 from cifar_cli.settings import DEFAULTS, TrainSettings
