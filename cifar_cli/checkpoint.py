@@ -203,34 +203,28 @@ def load_checkpoint(path: Path, model: str | None = None) -> Checkpoint:
         epoch = schema.digits(metadata.get("epoch", "0"), "epoch", MAX_EPOCHS)
     except schema.Invalid as e:
         raise CifarError(f"{path} is corrupt: {e}") from None
-    metrics = _metrics(_json_field(metadata, "metrics", path), path)
-    classes = _json_field(metadata, "classes", path)
-    norm = _json_field(metadata, "normalization", path)
+    mean, std = _normalization(_json_field(metadata, "normalization", path), path)
+    train_state = _json_field(metadata, "train_state", path) if "train_state" in metadata else None
+
+    def prefixed(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    return Checkpoint(model=model, model_state=prefixed("model."), epoch=epoch,
+                      metrics=_metrics(_json_field(metadata, "metrics", path), path),
+                      classes=_classes(_json_field(metadata, "classes", path), model, path), mean=mean, std=std,
+                      version=str(metadata.get("version", "?"))[:100], optimizer_tensors=prefixed("optimizer."),
+                      train_state=train_state if isinstance(train_state, dict) else None,
+                      raw_state=prefixed("raw."), source=path)
+
+
+def _classes(classes: Any, model: ModelSpec, path: Path) -> tuple[str, ...]:
     num_classes = model.config.get("num_classes", len(CLASSES))
     if not (isinstance(classes, list) and len(classes) == num_classes
             and all(isinstance(c, str) and len(c) <= 100 for c in classes)):
         raise CifarError(f"{path} is corrupt: class names do not match its {num_classes} classes")
     if num_classes != len(CLASSES):
         raise CifarError(f"{path} is for {num_classes} classes; CIFAR-10 has {len(CLASSES)}")
-    mean, std = _normalization(norm, path)
-    train_state = _json_field(metadata, "train_state", path) if "train_state" in metadata else None
-    def prefixed(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-    return Checkpoint(
-        model=model,
-        model_state=prefixed("model."),
-        epoch=epoch,
-        metrics=metrics,
-        classes=tuple(classes),
-        mean=mean,
-        std=std,
-        version=str(metadata.get("version", "?"))[:100],
-        optimizer_tensors=prefixed("optimizer."),
-        train_state=train_state if isinstance(train_state, dict) else None,
-        raw_state=prefixed("raw."),
-        source=path,
-    )
+    return tuple(classes)
 
 
 def _convert_hint(path: Path, model: str | None) -> str:
