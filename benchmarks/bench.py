@@ -1,6 +1,6 @@
 """Throughput of cifar-cli's training path, and one epoch of it against a seed-style baseline.
 
-    python benchmarks/bench.py --data-dir ../shared/data [--device cpu] [--json]
+    python benchmarks/bench.py --data-dir DIR [--device cpu] [--json]
 
 Prints a table (or JSON) of:
   1. augmentation pipeline images/s in one process (ours: uint8 per batch; seed: per image + Normalize);

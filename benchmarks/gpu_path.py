@@ -1,6 +1,6 @@
 """The GPU-resident data path against the CPU loader, on one device. Run by hand on a CUDA machine:
 
-    python benchmarks/gpu_path.py --data-dir ../shared/data [--epochs 40] [--compile] [--json]
+    python benchmarks/gpu_path.py --data-dir DIR [--epochs 40] [--compile] [--json]
 
 Prints (or writes as JSON):
   1. images/s delivered: Albumentations in loader workers (0..N) vs the training set on the device,

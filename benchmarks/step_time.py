@@ -1,6 +1,6 @@
 """Milliseconds per training step of one or more networks, on random data: the network's own cost.
 
-    python benchmarks/step_time.py cifarnet-ds48 benchmarks/candidates.py:deep_c2 [--threads 2] [--json]
+    python benchmarks/step_time.py cifarnet-ds48 experiments/candidates.py:deep_c2 [--threads 2] [--json]
 
 One step is bench.py's step of ours (section 3), for any network: a uint8 batch of 128 normalised on the
 device, channels-last, forward, loss, backward and the training optimizer's step; the mean of --steps

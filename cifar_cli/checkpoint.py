@@ -167,7 +167,7 @@ def _metrics(metrics: Any, path: Path) -> dict[str, Any]:
 
 
 def _model_spec(metadata: dict[str, str], path: Path) -> ModelSpec:
-    """The network a checkpoint holds. Files before cifar-cli 0.2 wrote `model_config`, always cifarnet-ds."""
+    """The network a checkpoint holds. The oldest files wrote `model_config` instead, always cifarnet-ds."""
     try:
         if "model" in metadata or "model_config" not in metadata:
             return ModelSpec.from_dict(_json_field(metadata, "model", path))

@@ -171,7 +171,7 @@ def identify(split: Split) -> dict[str, int | str]:
 
 
 def _sampled_identity(split: Split) -> dict[str, int | str]:
-    """How cifar-cli 0.x before `identify` hashed every image told training sets apart: every label and
+    """How checkpoints older than `identify`, which hashes every image, told training sets apart: every label and
     every 97th image. Checkpoints of that time carry this."""
     digest = hashlib.sha256(np.ascontiguousarray(split.labels).tobytes())
     digest.update(np.ascontiguousarray(split.images[::97]).tobytes())

@@ -16,10 +16,9 @@ AUGMENT_PLACES = ("auto", "device", "loader")
 DEFAULT_MODEL = "cifarnet-whiten"  # the preset --model names when not given (registered in models/presets.py)
 MAX_LR = 1e6  # a learning rate beyond this is a typo, and past 3e38 it overflows float32 in the optimizer
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch.manual_seed both take it
-# Images per forward pass when evaluating or predicting. Not 1000: on the CPU that is 1.5x as slow (the test
-# set with flip TTA, 2 threads: 21.3 s against 14.6 s), since each 32x32 activation of a batch of 1000 is
-# ~200 MB of freshly page-faulted memory (9.7M faults against 4.5M). Not measured on a GPU. Results do not
-# depend on it.
+# Images per forward pass when evaluating or predicting. Not larger: on the CPU a batch of 1000 is slower,
+# since each 32x32 activation of it is hundreds of MB of freshly page-faulted memory (the measurement is in
+# results/timings.md, "Evaluation batch size"). Results do not depend on it.
 EVAL_BATCH_SIZE = 256
 MAX_EPOCHS = 1_000_000  # a million epochs of CIFAR-10 would take years; more is a typo (or a forged file)
 MAX_MIXUP = 100.0  # Beta(100, 100) already blends every batch within a few points of half and half; more is a typo
@@ -53,12 +52,12 @@ class TrainSettings:
     cutout_p: float = 0.5  # CoarseDropout, one 16x16 hole
     tone_p: float = 0.5  # RandomBrightnessContrast (the reference network: 0.2)
     # The last fraction of the run over which those odds fall linearly to zero, batch by batch (0: off):
-    # the network ends its training on images like the ones it will be judged on. 0.4 beat 0, 0.2 and 0.6
-    # on held-out images (results/experiments.md, "Fading the augmentation out at the end", "A larger fade").
+    # the network ends its training on images like the ones it will be judged on. 0.4: chosen against 0, 0.2
+    # and 0.6 on held-out images (results/experiments.md, "Fading the augmentation out at the end").
     aug_fade: float = 0.4
     # Mixup: each batch blended with a shuffled copy of itself, the blend's weight drawn from Beta(a, a)
-    # (0: off). Its odds fade with the augmentation's, so the run still ends on plain images. Off: 0.2 cost
-    # 0.3 points on held-out images both ways (results/experiments.md, "Mixup before the fade").
+    # (0: off). Its odds fade with the augmentation's, so the run still ends on plain images. Off by default:
+    # it did not pay on held-out images (results/experiments.md, "Mixup before the fade").
     mixup: float = 0.0
 
     def validate(self, train_size: int | None = None) -> None:

@@ -1,6 +1,6 @@
 """Make the checkpoint that ships inside the package from a run's last.safetensors.
 
-    python scripts/package_checkpoint.py RUN/last.safetensors --data-dir ../shared/data
+    python scripts/package_checkpoint.py RUN/last.safetensors --data-dir DIR
 
 Keeps the weights and drops what only resuming needs (optimizer, run state, raw weights); measures
 the weights on the official test set with the default flip TTA and writes that figure, with the number

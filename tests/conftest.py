@@ -94,7 +94,7 @@ def assert_clean_error(result: Result, *fragments: str) -> None:
 
 TRAIN_ARGS = ("--device", "cpu", "--batch-size", "32", "--lr", "0.05")
 # The networks results/experiments.md measured, each usable as --model f"{CANDIDATES}:NAME".
-CANDIDATES = Path(__file__).parent.parent / "benchmarks" / "candidates.py"
+CANDIDATES = Path(__file__).parent.parent / "experiments" / "candidates.py"
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ def test_every_header_length_loads(saved: tuple[Path, torch.nn.Module]) -> None:
 @pytest.mark.parametrize("record", [
     {"model": {"name": "cifarnet-ds", "config": {"widths": [32, 64, 128, 192], "num_classes": 10, "dropout": 0.05}}},
     {"model": {"name": "cifarnet-ds"}},  # settings left out: the preset's own
-    {"model_config": {"arch": "cifarnet-ds", "widths": [32, 64, 128, 192]}},  # how cifar-cli 0.1 wrote it
+    {"model_config": {"arch": "cifarnet-ds", "widths": [32, 64, 128, 192]}},  # how the oldest checkpoints wrote it
 ])
 def test_checkpoints_of_the_first_default_network_still_load(tmp_path: Path, record: dict) -> None:
     """cifarnet-ds48 replaced cifarnet-ds as the default; files holding cifarnet-ds must not change meaning."""

@@ -5,7 +5,7 @@ clean ones. This re-estimates them (an exact average, not a running one) on N of
 images, clean or through the run's training pipeline, and scores the run's held-out images with and without
 flip TTA, beside the weights as saved. The test set is not used: this is for choosing defaults.
 
-    python benchmarks/bn_recalibration.py RUN/last.safetensors --data-dir ../shared/data [--images N] [--augmented]
+    python experiments/bn_recalibration.py RUN/last.safetensors --data-dir DIR [--images N] [--augmented]
 """
 
 from __future__ import annotations

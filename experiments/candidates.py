@@ -1,45 +1,35 @@
-"""The candidate networks of results/experiments.md, each usable as `cifar train --model benchmarks/candidates.py:NAME`.
+"""The candidate networks of results/experiments.md, each usable as `--model experiments/candidates.py:NAME`.
 
-Every one keeps the assignment's rules (`cifar summary --model benchmarks/candidates.py:NAME` passes them
-all) and differs from cifarnet-ds, the default when they were measured, in one idea, named by its function:
+Every one keeps the assignment's rules (`cifar summary --model experiments/candidates.py:NAME` passes them all)
+and differs from a preset in one idea, named by its function. Each builds the same modules in the same order
+as the runs recorded in results/experiments.md, so a seed gives those runs' initial weights; what each run
+measured is there, not here.
 
-- `wide48`: widths (48, 96, 128, 160): more channels in the expensive 32x32 and 16x16 blocks. It won the
-  40-epoch A/B and is now the default preset, `cifarnet-ds48`; the name stays so the commands recorded in
-  results/experiments.md still run.
+- `wide48`: the preset `cifarnet-ds48`: `cifarnet-ds` with widths (48, 96, 128, 160), more channels in the
+  expensive 32x32 and 16x16 blocks.
 - `post_activation`: each residual branch ends in BatchNorm with its scale at zero and the ReLU comes after
   the sum, so every block starts as the identity (the "zero-init" idea done so it can learn).
 - `lean_deep`: no residual pair at 32x32 (C1 is one convolution); the time saved buys a second residual
   pair at 16x16 and at 8x8, with post-activation blocks, widths (32, 64, 128, 160).
-- `deep_c3`: a second dilated residual pair at 8x8, paid for by a narrower C4 (160): widths
-  (32, 64, 128, 160).
-- `deep_c2`: measured against `cifarnet-ds48`, the default since: a second residual pair at 16x16, paid
-  for by a narrower C4 (136): widths (48, 96, 128, 136).
+- `deep_c3`: a second dilated residual pair at 8x8, paid for by a narrower C4: widths (32, 64, 128, 160).
+- `deep_c2`: `cifarnet-ds48` with a second residual pair at 16x16, paid for by a narrower C4: widths
+  (48, 96, 128, 136).
 - `c4_at_8x8`: `cifarnet-ds48` with C4 at 8x8 instead of 4x4 (its first convolution has stride 1): the same
-  196,538 parameters, more compute per parameter where it is cheap, for a network that does not fit its
-  own training images (results/experiments.md). With lookahead: level with the default, not kept.
-- `deep_c2_gelu`: `deep_c2` with every ReLU replaced by GELU (airbench's activation), the same weights. With
-  lookahead: the best held-out figure so far, 12% more per step (results/experiments.md). It is now the
-  default preset, `cifarnet-gelu`.
-
-- `deep16`, `deep8`, `deep32`, `deep16_8`, `deep16x4`: `cifarnet-gelu` (the default since) with C2's
-  strided entry depthwise-separable as well (`NetConfig.separable_c2`: 5,232 weights instead of 41,472),
-  the weights saved spent on depth: a third pair at 16x16 (`deep16`), a second at 8x8 (`deep8`), a second
-  at 32x32 (`deep32`), both of the first two with C3 and C4 narrower (`deep16_8`), a fourth pair at
-  16x16 with C4 narrower (`deep16x4`). Measured side by side on a GPU: none led the default
-  (results/experiments.md).
-
-- `whitened`: `cifarnet-gelu` whose first convolution is fixed to +- the 24 strongest whitening
-  directions of 3x3 patches of the first 5,000 training images (`NetConfig.whitened_stem`; airbench's
-  first layer), never trained: the same parameters, set from the data instead of learned. It is now the
-  default preset, `cifarnet-whiten`.
-
-- `gated`: `whitened` (the default's network) with an ECA channel gate at the end of each residual branch:
-  the branch's output is scaled per channel by sigmoid(a 3-tap filter across the channels' spatial means),
-  so each block can turn its channels up or down for the image at hand (Wang et al., ECA-Net, 2020). Three
-  weights per gate, 15 in all; the receptive-field walk counts only the convolutions' path, as before.
-
-`deep_c3`, `deep_c2` and `deep_c2_gelu` are `CifarNet` with more residual pairs since NetConfig has them
-(the same modules in the same order as when they were measured: the same weights for a seed).
+  196,538 parameters, more compute per parameter where it is cheap.
+- `deep_c2_gelu`: the preset `cifarnet-gelu`: `deep_c2` with every ReLU replaced by GELU (airbench's
+  activation), the same weights.
+- `deep16`, `deep8`, `deep32`, `deep16_8`, `deep16x4`: `cifarnet-gelu` with C2's strided entry
+  depthwise-separable as well (`NetConfig.separable_c2`: 5,232 weights instead of 41,472), the weights saved
+  spent on depth: a third pair at 16x16 (`deep16`), a second at 8x8 (`deep8`), a second at 32x32
+  (`deep32`), both of the first two with C3 and C4 narrower (`deep16_8`), a fourth pair at 16x16 with C4
+  narrower (`deep16x4`).
+- `whitened`: `cifarnet-gelu` whose first convolution is fixed to +- the 24 strongest whitening directions
+  of 3x3 patches of the first 5,000 training images (`NetConfig.whitened_stem`; airbench's first layer),
+  never trained: the same network as the preset `cifarnet-whiten`.
+- `gated`: `whitened` with an ECA channel gate at the end of each residual branch: the branch's output is
+  scaled per channel by sigmoid(a 3-tap filter across the channels' spatial means), so each block can turn
+  its channels up or down for the image at hand (Wang et al., ECA-Net, 2020). Three weights per gate, 15 in
+  all; the receptive-field walk counts only the convolutions' path.
 """
 
 from __future__ import annotations

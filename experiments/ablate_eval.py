@@ -4,7 +4,7 @@ Takes a last.safetensors from `cifar train --val-split N --ema DECAY` and scores
 training images the run held out, the four ways of judging it: the raw training weights or their
 average, each with and without flip TTA. The test set is not used: this is for choosing defaults.
 
-    python benchmarks/ablate_eval.py runs/tune/last.safetensors --data-dir ../shared/data [--json]
+    python experiments/ablate_eval.py runs/tune/last.safetensors --data-dir DIR [--json]
 """
 
 from __future__ import annotations
