@@ -24,9 +24,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from cifar_cli.data import FOLDER, load_image
-from cifar_cli.engine import warmup_fraction
 from cifar_cli.models import create_model, preset_spec
 from cifar_cli.settings import DEFAULTS
+from cifar_cli.training.trainer import warmup_fraction
 
 QUICK = ("--epochs", "1", *TRAIN_ARGS)
 
