@@ -313,8 +313,9 @@ def augment_preview(
     import numpy as np
 
     from cifar_cli.augment import describe, preview, train_pipeline
-    from cifar_cli.data import CLASSES, load_image, load_split
+    from cifar_cli.data import CLASSES, load_split
     from cifar_cli.files import check_output
+    from cifar_cli.pictures import load_image
     from cifar_cli.report import write_image_grid
 
     settings = DEFAULTS.with_options(affine_p=affine_p, cutout_p=cutout_p, tone_p=tone_p)
@@ -659,7 +660,7 @@ def predict(
     """The most likely classes of each image, with their probabilities."""
     import numpy as np
 
-    from cifar_cli.data import load_image
+    from cifar_cli.pictures import load_image
     from cifar_cli.training.evaluation import predict as class_probabilities
 
     path, ckpt, network, torch_device, tta = _load_model(checkpoint, device, tta, model)
@@ -791,8 +792,9 @@ def _cam_inputs(images: list[Path] | None, from_mistakes: int | None, target: Ca
     """The pictures gradcam explains, their titles, the class to explain for each, and rows for --json."""
     import numpy as np
 
-    from cifar_cli.data import load_image, load_split
+    from cifar_cli.data import load_split
     from cifar_cli.explain import find_mistakes
+    from cifar_cli.pictures import load_image
     from cifar_cli.training.evaluation import predict as class_probabilities
 
     if bool(images) == (from_mistakes is not None):

@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from cifar_cli.data import FOLDER, load_image
+from cifar_cli.data import FOLDER
 from cifar_cli.models import create_model, preset_spec
+from cifar_cli.pictures import load_image
 from cifar_cli.settings import DEFAULTS
 from cifar_cli.training.trainer import warmup_fraction
 
