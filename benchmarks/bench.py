@@ -34,10 +34,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from cifar_cli.augment import BatchAugmenter, train_pipeline
 from cifar_cli.data import MEAN, STD, AugmentedBatches, EpochBatches, Split, load_split
-from cifar_cli.engine import autocast, sgd, to_device, train
 from cifar_cli.models import ModelSpec, create_model, preset_spec
 from cifar_cli.runtime import Runtime, memory_format, resolve_device
 from cifar_cli.settings import DEFAULTS, TrainSettings
+from cifar_cli.training.evaluation import autocast, to_device
+from cifar_cli.training.loop import train
+from cifar_cli.training.trainer import sgd
 
 CV2_DEFAULT_THREADS = cv2.getNumThreads()
 
@@ -46,7 +48,7 @@ CV2_DEFAULT_THREADS = cv2.getNumThreads()
 
 def seed_pipeline(train: bool) -> A.Compose:
     """The same augmentations, applied the usual way: per image, Normalize and ToTensorV2 included."""
-    augment = list(train_pipeline().transforms) if train else []
+    augment = list(train_pipeline(DEFAULTS.augment_odds).transforms) if train else []
     return A.Compose([*augment, A.Normalize(mean=MEAN, std=STD), ToTensorV2()])
 
 
@@ -97,7 +99,7 @@ def seed_epoch(train_split: Split, test_split: Split, device: torch.device, sett
 
 def augmentation_rate(split: Split, n: int) -> dict[str, float]:
     images = split.images[:n]
-    ours = BatchAugmenter(train_pipeline())
+    ours = BatchAugmenter(train_pipeline(DEFAULTS.augment_odds))
     started = time.perf_counter()
     for b in range(0, n, 128):
         ours(images[b:b + 128], b)
@@ -111,8 +113,9 @@ def augmentation_rate(split: Split, n: int) -> dict[str, float]:
 
 
 def loader_rate(split: Split, workers: int, batches: int) -> float:
-    plan = EpochBatches(len(split), 128, seed=0)
-    loader = DataLoader(AugmentedBatches(split, BatchAugmenter(train_pipeline())), batch_sampler=plan,
+    plan = EpochBatches(len(split), 128, seed=0, odds=DEFAULTS.augment_odds)
+    augment = BatchAugmenter(train_pipeline(DEFAULTS.augment_odds))
+    loader = DataLoader(AugmentedBatches(split, augment), batch_sampler=plan,
                         collate_fn=lambda b: b, num_workers=workers)
     it = iter(loader)
     next(it)  # start-up (worker processes) is not throughput

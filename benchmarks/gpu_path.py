@@ -29,10 +29,11 @@ from rich.table import Table
 
 from cifar_cli import device_augment
 from cifar_cli.data import DeviceBatches, EpochBatches, Split, load_split
-from cifar_cli.engine import RunState, build_trainer, train, train_step
 from cifar_cli.models import preset_spec
 from cifar_cli.runtime import Distributed, Runtime, resolve_device
-from cifar_cli.settings import TrainSettings
+from cifar_cli.settings import DEFAULTS, TrainSettings
+from cifar_cli.training.loop import train, train_step
+from cifar_cli.training.trainer import build_trainer
 
 
 def sync(device: torch.device) -> None:
@@ -42,7 +43,7 @@ def sync(device: torch.device) -> None:
 
 def device_rate(split: Split, device: torch.device, batches: int) -> float:
     """Images/s of DeviceBatches: index, augment and hand over batches that live on the device."""
-    plan = EpochBatches(len(split), 128, seed=0)
+    plan = EpochBatches(len(split), 128, seed=0, odds=DEFAULTS.augment_odds)
     it = iter(DeviceBatches(split, plan, device_augment.augment, device))
     next(it)  # the upload of the training set is start-up, not throughput
     sync(device)
@@ -59,14 +60,14 @@ def step_times(split: Split, device: torch.device, compile_model: bool, steps: i
     settings = TrainSettings(epochs=100, batch_size=128)  # a schedule long enough for the steps timed
     runtime = Runtime(compile=compile_model, augment_on="device")
     runtime.configure(device, Distributed())
-    t = build_trainer(settings, preset_spec(), split, device, runtime, Distributed(), None, RunState(settings))
-    images, labels = next(iter(t.loader))
+    trainer = build_trainer(settings, preset_spec(), split, device, runtime, Distributed())
+    images, labels = next(iter(trainer.loader))
     for step in range(1, 6):  # warm-up: cuDNN's choice of algorithms, compilation
-        train_step(t, images, labels, 1, step)
+        train_step(trainer, images, labels, 1, step)
     sync(device)
     started = time.perf_counter()
     for step in range(steps):
-        train_step(t, images, labels, 1, step)
+        train_step(trainer, images, labels, 1, step)
     launched = time.perf_counter()
     sync(device)
     done = time.perf_counter()

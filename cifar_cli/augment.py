@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cifar_cli.data import MEAN, STD
-from cifar_cli.settings import DEFAULTS, AugmentOdds
+from cifar_cli.settings import AugmentOdds
 
 # The pipeline's numbers, read by both implementations (this one and device_augment's torch one); how
 # often each transform applies is a run setting (TrainSettings.augment_odds), the flip's excepted.
@@ -26,8 +26,9 @@ BRIGHTNESS, CONTRAST = 0.2, 0.2  # RandomBrightnessContrast
 MEAN_PIXEL: tuple[float, float, float] = tuple(255.0 * m for m in MEAN)
 
 
-def train_pipeline(seed: int | None = None, odds: AugmentOdds = DEFAULTS.augment_odds) -> A.Compose:
-    """The reference CIFAR-10 augmentation (before Normalize), in Albumentations 2.x argument names.
+def train_pipeline(odds: AugmentOdds, seed: int | None = None) -> A.Compose:
+    """The reference CIFAR-10 augmentation (before Normalize), in Albumentations 2.x argument names, applying
+    its random transforms as often as `odds` says (a run's TrainSettings.augment_odds).
 
     Argument names matter: 2.x silently ignores the 1.x ones (max_holes, fill_value, ...).
     uint8 H x W x 3 in, uint8 H x W x 3 out.
@@ -110,8 +111,8 @@ def describe(pipeline: A.Compose) -> list[str]:
 
 
 def preview(images: np.ndarray, labels: list[str], views: int, seed: int,
-            odds: AugmentOdds = DEFAULTS.augment_odds) -> list[tuple[str, np.ndarray, list[np.ndarray]]]:
+            odds: AugmentOdds) -> list[tuple[str, np.ndarray, list[np.ndarray]]]:
     """For each uint8 image, `views` draws of the training pipeline: the pixels the network is fed."""
-    pipeline = train_pipeline(seed=seed, odds=odds)
+    pipeline = train_pipeline(odds, seed=seed)
     return [(label, image, [pipeline(image=image)["image"] for _ in range(views)])
             for image, label in zip(images, labels)]

@@ -461,12 +461,12 @@ def train(
     """
     from cifar_cli.checkpoint import load_checkpoint
     from cifar_cli.data import load_split
-    from cifar_cli.engine import TrainingInterrupted
-    from cifar_cli.engine import train as run_training
     from cifar_cli.models import resolve_model
     from cifar_cli.run_folder import default_out_dir, resume_argv
     from cifar_cli.run_state import plan_run
     from cifar_cli.runtime import Runtime, init_distributed, resolve_device, shutdown_distributed
+    from cifar_cli.training.loop import train as run_training
+    from cifar_cli.training.session import TrainingInterrupted
 
     resume, data_dir = _expand(resume), _expand(data_dir)
     checkpoint = load_checkpoint(resume, model) if resume else None
@@ -623,9 +623,9 @@ def eval_command(
     --model FILE.py:NAME again (a checkpoint is never a reason to import code).
     """
     from cifar_cli.data import eval_split
-    from cifar_cli.engine import evaluate
     from cifar_cli.report import confusion_table, per_class_table
     from cifar_cli.run_state import images_of_run
+    from cifar_cli.training.evaluation import evaluate
 
     checkpoint, ckpt, network, torch_device, tta = _load_model(checkpoint, device, tta, model)
     held_out, trained_on = images_of_run(ckpt)
@@ -660,8 +660,8 @@ def predict(
     """The most likely classes of each image, with their probabilities."""
     import numpy as np
 
-    from cifar_cli.engine import predict as class_probabilities
     from cifar_cli.pictures import load_image
+    from cifar_cli.training.evaluation import predict as class_probabilities
 
     path, ckpt, network, torch_device, tta = _load_model(checkpoint, device, tta, model)
     pixels = np.stack([load_image(p) for p in images])
@@ -793,9 +793,9 @@ def _cam_inputs(images: list[Path] | None, from_mistakes: int | None, target: Ca
     import numpy as np
 
     from cifar_cli.data import load_split
-    from cifar_cli.engine import predict as class_probabilities
     from cifar_cli.explain import find_mistakes
     from cifar_cli.pictures import load_image
+    from cifar_cli.training.evaluation import predict as class_probabilities
 
     if bool(images) == (from_mistakes is not None):
         raise CifarError("give picture files or --mistakes N, one of the two")
@@ -844,11 +844,11 @@ def lr_find(
     """Learning-rate range test: train from fresh weights with the lr growing each mini-batch, plot the loss,
     and suggest the one-cycle peak (--lr). Touches no run folder."""
     from cifar_cli.data import load_split
-    from cifar_cli.explain import check_lr_range, lr_range_test
     from cifar_cli.files import check_output
     from cifar_cli.models import resolve_model
     from cifar_cli.report import write_lr_plot
     from cifar_cli.runtime import resolve_device
+    from cifar_cli.training.lr_find import check_lr_range, lr_range_test
 
     out_file = check_output(out_file, ".png", "--out")
     check_lr_range(start, end, steps)
@@ -916,7 +916,7 @@ def convert(
 
     The file is read with torch.load(weights_only=True), which refuses pickles that would run code.
     """
-    from cifar_cli.convert import convert_pytorch_checkpoint
+    from cifar_cli.checkpoint import convert_pytorch_checkpoint
     from cifar_cli.files import check_output
     from cifar_cli.models import resolve_model
 

@@ -1,4 +1,5 @@
-"""CIFAR-10 on disk: where it lives, how it is fetched, and how its batches become uint8 arrays.
+"""CIFAR-10 on disk: where it lives, how it is fetched, and how its batches become uint8 arrays; the
+held-out slice; the epoch's batch plan and the batches it serves. (A user's own picture files: pictures.py.)
 
 This module holds the dataset's facts (class names, normalisation constants) once, for everyone.
 It never knows the network.
@@ -21,7 +22,7 @@ from torch.utils.data import Dataset
 
 from cifar_cli.errors import CifarError
 from cifar_cli.files import read_input
-from cifar_cli.settings import DEFAULTS, AugmentOdds
+from cifar_cli.settings import AugmentOdds
 
 CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -239,8 +240,8 @@ def eval_split(data_dir: Path, images: str, val_split: int | None, download_miss
 
 # The random streams a run draws from, each seeded by derive_seed(seed, epoch, rank, batch, STREAM).
 AUGMENT_STREAM = 0  # a batch's augmentations (EpochBatches)
-DROPOUT_STREAM = 1  # a training step's dropout masks (the engine)
-MIXUP_STREAM = 2  # whether and how a training step blends its batch (the engine)
+DROPOUT_STREAM = 1  # a training step's dropout masks (training.loop)
+MIXUP_STREAM = 2  # whether and how a training step blends its batch (training.loop)
 
 
 def derive_seed(*parts: int) -> int:
@@ -252,16 +253,17 @@ class EpochBatches:
     """The batch plan of one epoch: which images, in what order, with what augmentation seed and odds.
 
     The order is a permutation seeded by (seed, epoch). With `world` > 1 processes, rank r takes every
-    world-th image of it (disjoint shares of equal size). Each batch carries its own seed, and the odds
-    `odds_at` gives for how far through the run's `epochs` it is (without `odds_at`: the default odds).
-    `set_epoch` moves to another epoch, optionally skipping the batches a resumed run has already trained
-    on. Used as a DataLoader batch_sampler; it yields (batch seed, image indices, odds).
+    world-th image of it (disjoint shares of equal size). Each batch carries its own seed, and the run's
+    `odds` scaled by how much of the augmentation is left where it falls in the run's `epochs`: over the
+    last `fade` of the run they fall linearly to zero (`augmentation_left`). `set_epoch` moves to another
+    epoch, optionally skipping the batches a resumed run has already trained on. Used as a DataLoader
+    batch_sampler; it yields (batch seed, image indices, odds).
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 odds_at: Callable[[float], AugmentOdds] | None = None, epochs: int = 1):
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, *,
+                 odds: AugmentOdds, fade: float = 0.0, epochs: int = 1):
         self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
-        self.odds_at, self.epochs = odds_at, epochs
+        self.odds, self.fade, self.epochs = odds, fade, epochs
         self.epoch, self.start = 1, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -287,11 +289,21 @@ class EpochBatches:
         count = self.batches_per_epoch()
         return ((epoch - 1) * count + batch) / (self.epochs * count)
 
+    def augmentation_left(self, epoch: int, batch: int) -> float:
+        """How much of the augmentation is left at batch `batch` (from 0) of `epoch`: 1 until the fade
+        begins, then falling linearly to 0 at the run's end."""
+        left = max(0.0, 1.0 - self.progress(epoch, batch))  # past the end (more epochs than the run has): zero
+        return 1.0 if left >= self.fade else left / self.fade
+
+    def odds_at(self, epoch: int, batch: int) -> AugmentOdds:
+        """The odds batch `batch` (from 0) of `epoch` is augmented with."""
+        return AugmentOdds(*(p * self.augmentation_left(epoch, batch) for p in self.odds))
+
     def __iter__(self) -> Iterator[tuple[int, np.ndarray, AugmentOdds]]:
         mine, size, count = self.indices(), self.batch_size, self.batches_per_epoch()
         for b in range(self.start, count):
-            odds = self.odds_at(self.progress(self.epoch, b)) if self.odds_at else DEFAULTS.augment_odds
-            yield derive_seed(self.seed, self.epoch, self.rank, b, AUGMENT_STREAM), mine[b * size:(b + 1) * size], odds
+            seed = derive_seed(self.seed, self.epoch, self.rank, b, AUGMENT_STREAM)
+            yield seed, mine[b * size:(b + 1) * size], self.odds_at(self.epoch, b)
 
 
 class AugmentedBatches(Dataset):

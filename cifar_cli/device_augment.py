@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from cifar_cli.augment import BRIGHTNESS, CONTRAST, FLIP_P, HOLE_SIZE, MEAN_PIXEL, ROTATE, SCALE, SHIFT
-from cifar_cli.settings import DEFAULTS, AugmentOdds
+from cifar_cli.settings import AugmentOdds
 
 BORDER_FILL = tuple(int(np.round(v)) for v in MEAN_PIXEL)  # OpenCV's saturate_cast rounds the border value
 HOLE_FILL = tuple(int(v) for v in MEAN_PIXEL)  # numpy's uint8 cast truncates the hole's fill
@@ -63,8 +63,9 @@ def affine_matrix(shift: np.ndarray, scale: np.ndarray, angle: np.ndarray, size:
     return np.concatenate([linear, offset[:, :, None]], axis=2)
 
 
-def draw(count: int, seed: int, size: int = 32, odds: AugmentOdds = DEFAULTS.augment_odds) -> AugmentParams:
-    """The parameters of `count` images, from the distributions Albumentations samples them from."""
+def draw(count: int, seed: int, odds: AugmentOdds, size: int = 32) -> AugmentParams:
+    """The parameters of `count` images, from the distributions Albumentations samples them from, each
+    transform applied at its `odds`."""
     rng = np.random.default_rng(seed)
     shift = np.trunc(rng.uniform(-SHIFT, SHIFT, (count, 2)) * size)  # int(): towards zero, whole pixels
     matrix = affine_matrix(shift, rng.uniform(*SCALE, (count, 2)), rng.uniform(-ROTATE, ROTATE, count), size)
@@ -91,9 +92,9 @@ def apply(images: torch.Tensor, p: AugmentParams) -> torch.Tensor:
     return torch.where(chosen(p.tone), adjust_tone(images, p.alpha, p.beta), images)
 
 
-def augment(images: torch.Tensor, seed: int, odds: AugmentOdds = DEFAULTS.augment_odds) -> torch.Tensor:
+def augment(images: torch.Tensor, seed: int, odds: AugmentOdds) -> torch.Tensor:
     """Draw a batch's parameters from its seed and apply them where the images are."""
-    return apply(images, draw(len(images), seed, images.shape[-1], odds).to(images.device))
+    return apply(images, draw(len(images), seed, odds, images.shape[-1]).to(images.device))
 
 
 @functools.lru_cache(maxsize=16)

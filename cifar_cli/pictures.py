@@ -1,5 +1,5 @@
-"""Pictures from the user's files (predict, gradcam, augment-preview --image): decoded only when their content
-is a plain raster format, turned upright, scaled from their real pixel range, resized to the network's input.
+"""A user's picture files (`cifar predict`, `gradcam`, `augment-preview`) as uint8 RGB arrays the size of a
+CIFAR-10 image, read as a person sees them; only plain raster formats are decoded.
 """
 
 from __future__ import annotations

@@ -243,20 +243,35 @@ class RunState:
 _SCHEDULE_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step")
 
 
-def restore_progress(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
-                     checkpoint: Checkpoint, state: RunState, steps_per_epoch: int) -> None:
-    """Load the optimizer, schedule and loss scale a checkpoint saved, each checked against those this run
-    built from its settings: what may differ is only how far they have got, and that must be where the
-    run's history and position say it is."""
-    try:
-        optimizer.load_state_dict(unflatten_optimizer(checkpoint.optimizer_tensors, state.optimizer, optimizer))
-        scheduler.load_state_dict(_schedule(state.scheduler, scheduler.state_dict(),
-                                            state.steps_done(steps_per_epoch)))
-        if state.scaler and scaler.is_enabled():
-            scaler.load_state_dict(_loss_scale(state.scaler, scaler.state_dict()))
-    except schema.Invalid as e:
-        raise CifarError(f"{_name(checkpoint)}: the training state is damaged ({e}); it cannot be resumed"
-                         ) from None
+@dataclass(frozen=True)
+class Resume:
+    """A run going on from a resumable checkpoint: the file (its weights, optimizer tensors and where it
+    was read from) and the run state it carries, read and checked once."""
+
+    checkpoint: Checkpoint
+    state: RunState
+
+    @classmethod
+    def read(cls, checkpoint: Checkpoint, settings: TrainSettings) -> Resume:
+        """The checkpoint's run, refused unless its settings are `settings` (RunState.resume)."""
+        return cls(checkpoint, RunState.resume(checkpoint, settings))
+
+    def restore_progress(self, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+                         steps_per_epoch: int) -> None:
+        """Load the optimizer, schedule and loss scale the checkpoint saved, each checked against those this
+        run built from its settings: what may differ is only how far they have got, and that must be where
+        the run's history and position say it is."""
+        state = self.state
+        try:
+            optimizer.load_state_dict(unflatten_optimizer(self.checkpoint.optimizer_tensors, state.optimizer,
+                                                          optimizer))
+            scheduler.load_state_dict(_schedule(state.scheduler, scheduler.state_dict(),
+                                                state.steps_done(steps_per_epoch)))
+            if state.scaler and scaler.is_enabled():
+                scaler.load_state_dict(_loss_scale(state.scaler, scaler.state_dict()))
+        except schema.Invalid as e:
+            raise CifarError(f"{_name(self.checkpoint)}: the training state is damaged ({e}); it cannot be "
+                             "resumed") from None
 
 
 def _schedule(saved: dict[str, Any], fresh: dict[str, Any], steps_done: int) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Where and how a run executes: the device, this process's place in a torchrun job, threads, AMP.
+"""Where and how a run executes: the device, this process's place in a torchrun job and the collectives
+its processes call together, threads, AMP.
 
 None of it changes a CPU run's result; on CUDA the autocast dtype is chosen by what the card can do.
 """
@@ -30,6 +31,33 @@ class Distributed:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+def sum_across(dist: Distributed, device: torch.device, *values: torch.Tensor | float) -> list[torch.Tensor]:
+    """Element-wise sums over all processes (a no-op alone); every process must call it at the same point."""
+    if dist.world == 1:
+        return [torch.as_tensor(v) for v in values]
+    packed = torch.stack([torch.as_tensor(v, device=device).double() for v in values])
+    torch_dist.all_reduce(packed)
+    return list(packed.unbind())
+
+
+def gather_across(dist: Distributed, device: torch.device, *values: torch.Tensor | float) -> list[list[float]]:
+    """Every process's values, in rank order (alone: its own); every process must call it at the same point."""
+    mine = torch.stack([torch.as_tensor(v, device=device).double() for v in values])
+    if dist.world == 1:
+        return [mine.tolist()]
+    parts = [torch.empty_like(mine) for _ in range(dist.world)]
+    torch_dist.all_gather(parts, mine)
+    return [p.tolist() for p in parts]
+
+
+def min_across(dist: Distributed, value: torch.Tensor) -> torch.Tensor:
+    """The smallest of every process's `value` (alone: its own), in place; every process must call it at the
+    same point."""
+    if dist.world > 1:
+        torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MIN)
+    return value
 
 
 def local_rank() -> int:

@@ -101,17 +101,8 @@ class TrainSettings:
 
     @property
     def augment_odds(self) -> AugmentOdds:
+        """How often the pipeline applies each transform before the fade (data.EpochBatches fades them)."""
         return AugmentOdds(self.affine_p, self.cutout_p, self.tone_p)
-
-    def fade_at(self, progress: float) -> float:
-        """How much of the augmentation is left `progress` (0 to 1) of the way through the run: 1 until the
-        fade begins, then falling linearly to 0 at the end."""
-        left = max(0.0, 1.0 - progress)  # past the end (a plan asked for more epochs than the run has): zero
-        return 1.0 if left >= self.aug_fade else left / self.aug_fade
-
-    def odds_at(self, progress: float) -> AugmentOdds:
-        """The odds a batch is augmented with, `progress` (0 to 1) of the way through the run."""
-        return AugmentOdds(*(p * self.fade_at(progress) for p in self.augment_odds))
 
     @classmethod
     def from_dict(cls, data: Any) -> TrainSettings | None:

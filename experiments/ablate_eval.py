@@ -17,9 +17,9 @@ import torch
 
 from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_cli.data import eval_split
-from cifar_cli.engine import evaluate
 from cifar_cli.errors import CifarError
 from cifar_cli.run_state import settings_of
+from cifar_cli.training.evaluation import evaluate
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ from torch import nn
 from cifar_cli.augment import BatchAugmenter, train_pipeline
 from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_cli.data import eval_split
-from cifar_cli.engine import evaluate, to_device
 from cifar_cli.errors import CifarError
 from cifar_cli.run_state import settings_of
+from cifar_cli.training.evaluation import evaluate, to_device
 
 CPU = torch.device("cpu")
 

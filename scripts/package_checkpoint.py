@@ -24,8 +24,8 @@ from cifar_cli.checkpoint import (
     weights_only,
 )
 from cifar_cli.data import load_split
-from cifar_cli.engine import evaluate
 from cifar_cli.settings import DEFAULTS
+from cifar_cli.training.evaluation import evaluate
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ def real_image(tiny_data: Path) -> np.ndarray:
 
 
 def test_pipeline_has_the_reference_transforms_in_order() -> None:
-    names = [type(t).__name__ for t in train_pipeline().transforms]
+    names = [type(t).__name__ for t in train_pipeline(DEFAULTS.augment_odds).transforms]
     assert names == ["HorizontalFlip", "Affine", "CoarseDropout", "RandomBrightnessContrast"]
 
 
@@ -37,7 +37,7 @@ def test_batched_normalize_is_albumentations_normalize(real_image: np.ndarray) -
 
 @pytest.mark.parametrize("seed", range(5))
 def test_coarse_dropout_cuts_one_16x16_hole_filled_with_the_mean(real_image: np.ndarray, seed: int) -> None:
-    dropout = next(t for t in train_pipeline().transforms if isinstance(t, A.CoarseDropout))
+    dropout = next(t for t in train_pipeline(DEFAULTS.augment_odds).transforms if isinstance(t, A.CoarseDropout))
     dropout.p = 1.0
     out = A.Compose([dropout], seed=seed)(image=real_image)["image"]
     changed = np.argwhere((out != real_image).any(axis=2))
@@ -52,9 +52,9 @@ def test_coarse_dropout_cuts_one_16x16_hole_filled_with_the_mean(real_image: np.
 
 def test_preview_is_reproducible_and_really_augments(real_image: np.ndarray) -> None:
     images = np.stack([real_image, real_image[::-1]])
-    first = preview(images, ["a", "b"], views=4, seed=3)
-    again = preview(images, ["a", "b"], views=4, seed=3)
-    other = preview(images, ["a", "b"], views=4, seed=4)
+    first = preview(images, ["a", "b"], views=4, seed=3, odds=DEFAULTS.augment_odds)
+    again = preview(images, ["a", "b"], views=4, seed=3, odds=DEFAULTS.augment_odds)
+    other = preview(images, ["a", "b"], views=4, seed=4, odds=DEFAULTS.augment_odds)
     assert all((x == y).all() for r1, r2 in zip(first, again) for x, y in zip(r1[2], r2[2]))
     assert any((x != y).any() for r1, r2 in zip(first, other) for x, y in zip(r1[2], r2[2]))
     views = first[0][2]
@@ -65,7 +65,7 @@ def test_preview_is_reproducible_and_really_augments(real_image: np.ndarray) -> 
 def test_a_fading_run_feeds_full_odds_until_the_fade_then_less_and_less() -> None:
     """--aug-fade: each batch of the plan carries its odds; the last fifth of the run fades them to zero."""
     settings = TrainSettings(epochs=5, aug_fade=0.2)
-    plan = EpochBatches(300, 30, seed=3, odds_at=settings.odds_at, epochs=settings.epochs)
+    plan = EpochBatches(300, 30, seed=3, odds=settings.augment_odds, fade=settings.aug_fade, epochs=settings.epochs)
     odds = []
     for epoch in range(1, 6):
         plan.set_epoch(epoch)
@@ -75,7 +75,7 @@ def test_a_fading_run_feeds_full_odds_until_the_fade_then_less_and_less() -> Non
     assert last[0] == pytest.approx(0.5) and last[-1] == pytest.approx(0.05)
     assert all(a > b > 0 for a, b in zip(last, last[1:]))
     assert all(o.affine == o.cutout == o.tone for o in odds)
-    plan = EpochBatches(300, 30, seed=3, odds_at=TrainSettings(epochs=5, aug_fade=0).odds_at, epochs=5)
+    plan = EpochBatches(300, 30, seed=3, odds=settings.augment_odds, fade=0, epochs=5)
     plan.set_epoch(5)
     assert {o for _, _, o in plan} == {settings.augment_odds}  # --aug-fade 0: no fade
 
@@ -83,11 +83,11 @@ def test_a_fading_run_feeds_full_odds_until_the_fade_then_less_and_less() -> Non
 def test_a_batchs_odds_rule_its_augmentation_and_only_it(tiny_data: Path) -> None:
     """With odds of zero only the flip is left; the next batch at the usual odds is augmented as ever."""
     images = load_split(tiny_data, train=True).images[:64]
-    augmenter = BatchAugmenter(train_pipeline())
+    augmenter = BatchAugmenter(train_pipeline(DEFAULTS.augment_odds))
     flipped_only = augmenter(images, 5, AugmentOdds(0.0, 0.0, 0.0))
     same, mirrored = [np.array_equal(a, b) for a, b in zip(flipped_only, images)], \
         [np.array_equal(a, b[:, ::-1]) for a, b in zip(flipped_only, images)]
     assert all(s or m for s, m in zip(same, mirrored)) and 10 < sum(mirrored) < 54
     usual = augmenter(images, 6, DEFAULTS.augment_odds)
-    assert np.array_equal(usual, BatchAugmenter(train_pipeline())(images, 6))
+    assert np.array_equal(usual, BatchAugmenter(train_pipeline(DEFAULTS.augment_odds))(images, 6))
     assert sum(not np.array_equal(a, b) and not np.array_equal(a, b[:, ::-1]) for a, b in zip(usual, images)) > 32

@@ -18,9 +18,10 @@ import torch
 from conftest import SignalAt, cli
 
 from cifar_cli.checkpoint import load_checkpoint
-from cifar_cli.engine import TrainingInterrupted, train
 from cifar_cli.runtime import Runtime, autocast_dtype
 from cifar_cli.settings import TrainSettings
+from cifar_cli.training.loop import train
+from cifar_cli.training.session import TrainingInterrupted
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SETTINGS = TrainSettings(epochs=3, batch_size=16, lr=0.05, seed=2)

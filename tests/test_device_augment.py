@@ -121,7 +121,7 @@ def our_warp(images: np.ndarray, matrix: torch.Tensor) -> np.ndarray:
 
 def test_our_warp_is_the_exact_bilinear_value_rounded():
     images = natural_images(2000)
-    params = D.draw(len(images), seed=7)
+    params = D.draw(len(images), seed=7, odds=DEFAULTS.augment_odds)
     exact, _ = exact_warp(images, params.matrix, D.BORDER_FILL)
     ours = our_warp(images, params.matrix)
     assert np.abs(ours - exact).max() <= 0.5 + TIE
@@ -129,7 +129,7 @@ def test_our_warp_is_the_exact_bilinear_value_rounded():
 
 def test_opencv_warps_within_its_bound_and_differs_from_ours_only_at_ties():
     images = natural_images(2000)
-    params = D.draw(len(images), seed=7)
+    params = D.draw(len(images), seed=7, odds=DEFAULTS.augment_odds)
     exact, spread = exact_warp(images, params.matrix, D.BORDER_FILL)
     theirs = opencv_warp(images, params.matrix, D.BORDER_FILL)
     assert (np.abs(theirs - exact) <= 0.5 + TIE + POSITION_ERROR * spread).all(), cv2.__version__
@@ -184,7 +184,7 @@ def affine_parts(params: D.AugmentParams) -> list[torch.Tensor]:
 def test_own_draws_agree_in_distribution_with_albumentations():
     images = natural_images(10_000)
     reference, theirs = albumentations_draws(images, seed=1)
-    mine = D.draw(len(images), seed=2)
+    mine = D.draw(len(images), seed=2, odds=DEFAULTS.augment_odds)
     ours = torch_side(images, mine)
     ref_stats, our_stats = per_image_statistics(images, reference), per_image_statistics(images, ours)
     for name in ref_stats:
@@ -222,7 +222,7 @@ def test_albumentations_quirks_that_the_torch_side_reproduces():
     assert scale_difference.abs().max() > 0.1
 
     black = np.zeros((32, 32, 3), np.uint8)
-    transforms = {type(t).__name__: t for t in train_pipeline().transforms}
+    transforms = {type(t).__name__: t for t in train_pipeline(DEFAULTS.augment_odds).transforms}
     hole, warp = transforms["CoarseDropout"], transforms["Affine"]
     hole.p = warp.p = 1.0
     hole_pixels = {tuple(p) for p in A.Compose([hole], seed=0)(image=black)["image"].reshape(-1, 3).tolist()}
@@ -234,23 +234,24 @@ def test_albumentations_quirks_that_the_torch_side_reproduces():
 
 def test_the_hole_is_a_square_of_the_given_size_inside_the_image():
     images = torch.zeros(50, 3, 32, 32, dtype=torch.uint8)
-    params = D.draw(50, seed=4)
+    params = D.draw(50, seed=4, odds=DEFAULTS.augment_odds)
     out = D.cut_hole(images, torch.ones(50, dtype=torch.bool), params.corner, D.HOLE_FILL)
     assert ((out[:, 0] == D.HOLE_FILL[0]).sum((1, 2)) == HOLE_SIZE * HOLE_SIZE).all()
 
 
 def test_a_batch_is_augmented_the_same_from_the_same_seed_and_differently_from_another():
     images = torch.from_numpy(natural_images(64)).permute(0, 3, 1, 2)
-    assert torch.equal(D.augment(images, 11), D.augment(images, 11))
-    assert not torch.equal(D.augment(images, 11), D.augment(images, 12))
+    odds = DEFAULTS.augment_odds
+    assert torch.equal(D.augment(images, 11, odds), D.augment(images, 11, odds))
+    assert not torch.equal(D.augment(images, 11, odds), D.augment(images, 12, odds))
     channels_last = images.contiguous(memory_format=torch.channels_last)
-    assert torch.equal(D.augment(channels_last, 11), D.augment(images.contiguous(), 11))
+    assert torch.equal(D.augment(channels_last, 11, odds), D.augment(images.contiguous(), 11, odds))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_device_gives_the_cpus_pixels():
     images = natural_images(2000)
-    params = D.draw(len(images), seed=5)
+    params = D.draw(len(images), seed=5, odds=DEFAULTS.augment_odds)
     cpu, cuda = torch_side(images, params, "cpu"), torch_side(images, params, "cuda")
     diff = np.abs(cpu.astype(int) - cuda.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-4

@@ -12,6 +12,7 @@ from conftest import TURN_NON_FINITE, cli, history_without_times, network_with_e
 
 from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_cli.data import EpochBatches, load_split
+from cifar_cli.settings import DEFAULTS
 
 
 def _torchrun(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -50,7 +51,7 @@ def test_two_gloo_processes_train_on_disjoint_shares(tiny_data: Path, tmp_path: 
     train_size = len(load_split(tiny_data, train=True))
     shares = []
     for rank in range(2):
-        plan = EpochBatches(train_size, 16, seed=4, rank=rank, world=2)
+        plan = EpochBatches(train_size, 16, seed=4, rank=rank, world=2, odds=DEFAULTS.augment_odds)
         plan.set_epoch(1)
         shares.append({int(i) for _, batch, _ in plan for i in batch})
     assert not shares[0] & shares[1] and len(shares[0] | shares[1]) == train_size

@@ -13,9 +13,9 @@ from PIL import Image
 
 from cifar_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from cifar_cli.data import CLASSES, load_split
-from cifar_cli.engine import predict
 from cifar_cli.explain import default_cam_layer, gradcam
 from cifar_cli.models import resolve_model
+from cifar_cli.training.evaluation import predict
 
 
 @pytest.fixture(scope="module")

@@ -145,8 +145,8 @@ def test_metadata_that_is_not_json_or_names_another_architecture(valid: bytes, t
 @pytest.fixture(scope="module")
 def resumable(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, object]:
     from cifar_cli.data import load_split
-    from cifar_cli.engine import train
     from cifar_cli.settings import TrainSettings
+    from cifar_cli.training.loop import train
 
     out = tmp_path_factory.mktemp("resumable")
     split = load_split(tiny_data, train=True)
@@ -175,9 +175,9 @@ def test_forged_training_state_fields_resume_or_are_refused(resumable: tuple[byt
                                                              data: st.DataObject) -> None:
     from cifar_cli.checkpoint import network_spec
     from cifar_cli.data import hold_out
-    from cifar_cli.engine import build_trainer
-    from cifar_cli.run_state import RunState, check_data
+    from cifar_cli.run_state import Resume, RunState, check_data
     from cifar_cli.runtime import Distributed, Runtime
+    from cifar_cli.training.trainer import build_trainer
 
     raw, split = resumable
     header, body = safetensors_header(raw)
@@ -196,8 +196,8 @@ def test_forged_training_state_fields_resume_or_are_refused(resumable: tuple[byt
         run = RunState.resume(ckpt)
         run.data = check_data(run.data, {"train": split})
         trained_on = hold_out(split, run.settings.val_split)[0] if run.settings.val_split < len(split) else split
-        t = build_trainer(run.settings, network_spec(ckpt, None), trained_on, torch.device("cpu"), Runtime(),
-                          Distributed(), ckpt, run)
-        run.check_position(t.steps_per_epoch, 1)
+        trainer = build_trainer(run.settings, network_spec(ckpt, None), trained_on, torch.device("cpu"), Runtime(),
+                                Distributed(), Resume(ckpt, run))
+        run.check_position(trainer.steps_per_epoch, 1)
     except CifarError as e:
         assert str(e) and "\n" not in str(e)

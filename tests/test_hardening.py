@@ -24,10 +24,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from cifar_cli.data import FOLDER
-from cifar_cli.engine import warmup_fraction
 from cifar_cli.models import create_model, preset_spec
 from cifar_cli.pictures import load_image
 from cifar_cli.settings import DEFAULTS
+from cifar_cli.training.trainer import warmup_fraction
 
 QUICK = ("--epochs", "1", *TRAIN_ARGS)
 

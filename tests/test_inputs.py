@@ -19,8 +19,8 @@ from conftest import assert_clean_error, cli
 from PIL import EpsImagePlugin, Image
 
 from cifar_cli.errors import CifarError
-from cifar_cli.explain import MIN_START_LR, finding_from, lr_schedule
 from cifar_cli.pictures import load_image
+from cifar_cli.training.lr_find import MIN_START_LR, finding_from, lr_schedule
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto 10 10 lineto stroke\nshowpage\n"
 

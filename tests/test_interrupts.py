@@ -29,12 +29,13 @@ from conftest import (
 
 from cifar_cli.checkpoint import load_checkpoint
 from cifar_cli.data import AugmentedBatches, EpochBatches
-from cifar_cli.engine import TrainingInterrupted, train
 from cifar_cli.errors import CifarError
 from cifar_cli.models import resolve_model
 from cifar_cli.run_folder import lock_out_dir
 from cifar_cli.runtime import Runtime
-from cifar_cli.settings import TrainSettings
+from cifar_cli.settings import DEFAULTS, TrainSettings
+from cifar_cli.training.loop import train
+from cifar_cli.training.session import TrainingInterrupted
 
 SETTINGS = TrainSettings(epochs=3, batch_size=16, lr=0.05, seed=2)
 CPU = torch.device("cpu")
@@ -214,11 +215,11 @@ def test_loader_workers_do_not_change_the_batches(splits: tuple) -> None:
     from torch.utils.data import DataLoader
 
     from cifar_cli.augment import BatchAugmenter, train_pipeline
-
     def batches(workers: int) -> list[torch.Tensor]:
-        plan = EpochBatches(len(splits[0]), 32, seed=9)
+        plan = EpochBatches(len(splits[0]), 32, seed=9, odds=DEFAULTS.augment_odds)
         plan.set_epoch(3)
-        loader = DataLoader(AugmentedBatches(splits[0], BatchAugmenter(train_pipeline())), batch_sampler=plan,
+        augment = BatchAugmenter(train_pipeline(DEFAULTS.augment_odds))
+        loader = DataLoader(AugmentedBatches(splits[0], augment), batch_sampler=plan,
                             collate_fn=lambda b: b, num_workers=workers)
         return [images for images, _ in loader]
 
@@ -229,7 +230,7 @@ def test_loader_workers_do_not_change_the_batches(splits: tuple) -> None:
 def test_epoch_plan_shares_are_disjoint_and_cover_the_data() -> None:
     shares = []
     for rank in range(3):
-        plan = EpochBatches(100, 8, seed=1, rank=rank, world=3)
+        plan = EpochBatches(100, 8, seed=1, rank=rank, world=3, odds=DEFAULTS.augment_odds)
         plan.set_epoch(2)
         shares.append(np.concatenate([indices for _, indices, _ in plan]))
     assert all(len(s) == 33 for s in shares)

@@ -17,11 +17,13 @@ from PIL import Image
 import cifar_cli.checkpoint as checkpoint_module
 from cifar_cli.checkpoint import PACKAGED_CHECKPOINT, load_checkpoint, model_from_checkpoint
 from cifar_cli.data import CLASSES, Split, hold_out, load_split
-from cifar_cli.engine import TrainingInterrupted, evaluate, predict, train
 from cifar_cli.records import EpochRecord
 from cifar_cli.rules import check_rules
 from cifar_cli.run_folder import write_history
 from cifar_cli.settings import DEFAULT_MODEL, TrainSettings
+from cifar_cli.training.evaluation import evaluate, predict
+from cifar_cli.training.loop import train
+from cifar_cli.training.session import TrainingInterrupted
 
 CPU = torch.device("cpu")
 README = Path(__file__).parents[1] / "README.md"

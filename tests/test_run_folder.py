@@ -30,11 +30,12 @@ from conftest import (
 from cifar_cli import checkpoint as checkpoint_module
 from cifar_cli import run_folder
 from cifar_cli.checkpoint import load_checkpoint
-from cifar_cli.engine import TrainingInterrupted, train
 from cifar_cli.errors import CifarError
 from cifar_cli.files import write_atomic
 from cifar_cli.models import create_model, resolve_model
 from cifar_cli.settings import TrainSettings
+from cifar_cli.training.loop import train
+from cifar_cli.training.session import TrainingInterrupted
 
 QUICK = ("--epochs", "1", *TRAIN_ARGS)
 CPU = torch.device("cpu")

@@ -11,11 +11,12 @@ import torch
 from conftest import write_cifar
 
 from cifar_cli.data import load_split
-from cifar_cli.engine import RunState, build_trainer, train, train_step
 from cifar_cli.errors import CifarError
 from cifar_cli.models import preset_spec
 from cifar_cli.runtime import Distributed, Runtime, autocast_dtype, resolve_device
 from cifar_cli.settings import TrainSettings
+from cifar_cli.training.loop import train, train_step
+from cifar_cli.training.trainer import build_trainer
 
 
 @pytest.mark.parametrize("capability, amp, dtype", [
@@ -43,30 +44,30 @@ def _fp16_trainer(tiny_data: Path, init_scale: float) -> object:
     settings = TrainSettings(epochs=1, batch_size=32, lr=0.05)
     cpu = torch.device("cpu")
     trainer = build_trainer(settings, preset_spec(), load_split(tiny_data, train=True), cpu, Runtime(),
-                            Distributed(), None, RunState(settings))
+                            Distributed())
     return dataclasses.replace(trainer, amp_dtype=torch.float16,
                                scaler=torch.amp.GradScaler("cpu", init_scale=init_scale))
 
 
 def test_fp16_steps_train_through_the_loss_scaler(tiny_data: Path) -> None:
     """The step T4-class cards take (fp16 autocast + GradScaler), run on the CPU where torch allows it."""
-    t = _fp16_trainer(tiny_data, init_scale=2.0**10)
-    before = {k: v.clone() for k, v in t.model.state_dict().items()}
-    t.plan.set_epoch(1)
-    losses = [train_step(t, images, labels, 1, step)[0].item()
-              for step, (images, labels) in enumerate(t.loader, start=1)]
+    trainer = _fp16_trainer(tiny_data, init_scale=2.0**10)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.plan.set_epoch(1)
+    losses = [train_step(trainer, images, labels, 1, step)[0].item()
+              for step, (images, labels) in enumerate(trainer.loader, start=1)]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
-    assert not torch.equal(before["c1.1.body.0.0.weight"], t.model.state_dict()["c1.1.body.0.0.weight"])
+    assert not torch.equal(before["c1.1.body.0.0.weight"], trainer.model.state_dict()["c1.1.body.0.0.weight"])
 
 
 def test_an_overflowing_fp16_step_is_skipped_not_written_into_the_weights(tiny_data: Path) -> None:
-    t = _fp16_trainer(tiny_data, init_scale=2.0**60)  # the scaled gradients overflow fp16 at once
-    before = {k: v.clone() for k, v in t.model.state_dict().items() if v.is_floating_point()}
-    t.plan.set_epoch(1)
-    images, labels = next(iter(t.loader))
-    train_step(t, images, labels, 1, 1)
-    after = t.model.state_dict()
-    assert t.scaler.get_scale() == 2.0**59  # backed off
+    trainer = _fp16_trainer(tiny_data, init_scale=2.0**60)  # the scaled gradients overflow fp16 at once
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if v.is_floating_point()}
+    trainer.plan.set_epoch(1)
+    images, labels = next(iter(trainer.loader))
+    train_step(trainer, images, labels, 1, 1)
+    after = trainer.model.state_dict()
+    assert trainer.scaler.get_scale() == 2.0**59  # backed off
     assert all(torch.isfinite(after[k]).all() for k in before)
     assert torch.equal(before["c1.0.0.weight"], after["c1.0.0.weight"])  # the step was skipped
 

@@ -11,8 +11,8 @@ from conftest import TRAIN_ARGS, assert_clean_error, cli, history_without_times
 
 from cifar_cli.checkpoint import load_checkpoint
 from cifar_cli.data import load_split
-from cifar_cli.engine import train
 from cifar_cli.settings import DEFAULTS, TrainSettings
+from cifar_cli.training.loop import train
 
 RESULT_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images", "val_loss",
                "val_acc"}

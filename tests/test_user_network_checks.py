@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import TRAIN_ARGS, cli, history_without_times, write_network
 
-from cifar_cli.engine import train
 from cifar_cli.models import create_model, resolve_model
 from cifar_cli.models.spec import check_trainable
 from cifar_cli.settings import TrainSettings
+from cifar_cli.training.loop import train
 
 # A small network that keeps the contract; ACTION runs where WHERE says ("real" batches: more than 3 images,
 # which the checks up front never use, so the action happens inside evaluation or a training step).
@@ -233,7 +233,7 @@ def test_same_seed_runs_are_identical_to_runs_without_the_check(splits: tuple, t
     spec = resolve_model(write_network(tmp_path / "net.py", DROPOUT_BN))
     settings = TrainSettings(epochs=2, batch_size=32, lr=0.05, seed=3)
     train(settings, *splits, tmp_path / "checked", torch.device("cpu"), model_spec=spec)
-    monkeypatch.setattr("cifar_cli.engine.check_trainable", lambda *args: None)
+    monkeypatch.setattr("cifar_cli.training.trainer.check_trainable", lambda *args: None)
     train(settings, *splits, tmp_path / "unchecked", torch.device("cpu"), model_spec=spec)
     assert history_without_times(tmp_path / "checked") == history_without_times(tmp_path / "unchecked")
     assert json.loads((tmp_path / "checked" / "history.json").read_text())[-1]["train_loss"] > 0
