@@ -27,7 +27,7 @@ from cifar_cli import __version__, schema
 from cifar_cli.data import CLASSES, MEAN, STD
 from cifar_cli.errors import CifarError, shell_command
 from cifar_cli.files import read_input, write_atomic
-from cifar_cli.models import DEFAULT_MODEL, LEGACY_MODEL, ModelSpec, create_model
+from cifar_cli.models import DEFAULT_MODEL, LEGACY_MODEL, ModelSpec, create_model, spec_to_build
 
 FORMAT = "cifar-cli/1"
 PROBE_IMAGES = 8  # images of the batch every loaded network must give finite logits for (_probe)
@@ -244,7 +244,7 @@ def model_from_checkpoint(ckpt: Checkpoint, path: Path | str = "checkpoint", raw
     user typed: a checkpoint is never a reason to import code. `raw` asks for the training weights (to
     resume), which differ from model_state only under an EMA.
     """
-    spec = _spec_to_build(ckpt.model, given, path)
+    spec = spec_to_build(ckpt.model, given, path)
     state = ckpt.raw_state if raw and ckpt.raw_state else ckpt.model_state
     if spec.is_preset:
         with torch.device("meta"):  # shapes only: a forged config cannot make us allocate a huge network
@@ -295,16 +295,4 @@ def _probe(model: nn.Module, ckpt: Checkpoint, path: Path | str) -> None:
 def network_spec(ckpt: Checkpoint, given: ModelSpec | None) -> ModelSpec:
     """The network to build for a checkpoint, by the one rule every command follows (resume, eval, predict,
     ...): a preset from the file, a user network only from `given`, the --model the user typed."""
-    return _spec_to_build(ckpt.model, given, ckpt.source or "the checkpoint")
-
-
-def _spec_to_build(recorded: ModelSpec, given: ModelSpec | None, path: Path | str) -> ModelSpec:
-    if recorded.is_preset:
-        if given is not None and given.name != recorded.name:
-            raise CifarError(f"{path} holds {recorded.name}, not {given.name}; drop --model or pass "
-                             f"{shell_command(['--model', recorded.name])}")
-        return recorded
-    if given is None:
-        raise CifarError(f"{path} holds your own network {recorded.describe()}; cifar-cli never imports code "
-                         f"that a checkpoint names, so pass it yourself: {shell_command(['--model', recorded.name])}")
-    return given
+    return spec_to_build(ckpt.model, given, ckpt.source or "the checkpoint")

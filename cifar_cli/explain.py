@@ -1,20 +1,24 @@
 """What a trained network gets wrong, and why: its mistakes and Grad-CAM maps.
 
-Functions take a network and data and return values; report.py draws them and cli.py prints them.
+Functions take a network and data and return values; report.py draws them and the cli package prints them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from cifar_cli.data import MEAN, STD, Split
+from cifar_cli.checkpoint import Checkpoint
+from cifar_cli.data import MEAN, STD, Split, load_split
 from cifar_cli.errors import CifarError
 from cifar_cli.graph import trace_graph
+from cifar_cli.pictures import load_image
+from cifar_cli.settings import DEFAULTS
 from cifar_cli.training.evaluation import predict, to_device
 
 MIN_CAM_SIZE = 8  # a heat map from a 4x4 or smaller feature map says little about where the network looked
@@ -115,3 +119,59 @@ class _no_inplace:  # noqa: N801 - used as a context manager, like torch.no_grad
     def __exit__(self, *exc: object) -> None:
         for m in self.modules:
             m.inplace = True
+
+
+@dataclass(frozen=True)
+class CamInputs:
+    """The pictures Grad-CAM explains (uint8 N x H x W x 3), a title for each, the class explained for each,
+    and the same as rows for --json."""
+
+    pixels: np.ndarray
+    titles: list[str]
+    targets: list[int]
+    rows: list[dict]
+
+
+def cam_inputs(pictures: list[Path] | None, mistakes: int | None, target: str, model: nn.Module,
+               ckpt: Checkpoint, device: torch.device, data_dir: Path, download: bool) -> CamInputs:
+    """What gradcam explains: the picture files given, or the `mistakes` most confident misclassified test
+    images; for each, the `target` class ("predicted", or "true", which only test images have). Predictions
+    are as `cifar predict` and `cifar mistakes` make them (flip TTA by default), so titles agree."""
+    if bool(pictures) == (mistakes is not None):
+        raise CifarError("give picture files or --mistakes N, one of the two")
+    if mistakes is not None:
+        pixels, labels, names = _test_mistakes(mistakes, model, ckpt, device, data_dir, download)
+    else:
+        if target == "true":
+            raise CifarError("--target true needs the true class: use --mistakes (picture files have none)")
+        pixels, labels, names = np.stack([load_image(p) for p in pictures]), None, [p.name for p in pictures]
+    probs = predict(model, pixels, device, ckpt.mean, ckpt.std, tta=DEFAULTS.tta)
+    predicted = probs.argmax(1).tolist()
+    targets = labels if target == "true" else predicted
+    classes, rows, titles = ckpt.classes, [], []
+    for i, name in enumerate(names):
+        guess = f"{classes[predicted[i]]} {100 * float(probs[i, predicted[i]]):.0f}%"
+        titles.append(f"{name}: {classes[labels[i]]} -> {guess}" if labels else f"{name}: {guess}")
+        rows.append({"image": name, "predicted": classes[predicted[i]],
+                     "probability": float(probs[i, predicted[i]]), "explained": classes[targets[i]],
+                     **({"true": classes[labels[i]]} if labels else {})})
+    return CamInputs(pixels, titles, targets, rows)
+
+
+def _test_mistakes(count: int, model: nn.Module, ckpt: Checkpoint, device: torch.device, data_dir: Path,
+                   download: bool) -> tuple[np.ndarray, list[int], list[str]]:
+    """The `count` most confident mistakes on the test set: their pixels, true classes and names."""
+    if count < 1:
+        raise CifarError(f"--mistakes must be at least 1, not {count}")
+    split = load_split(data_dir, train=False, download_missing=download)
+    shown = find_mistakes(model, split, device, ckpt.mean, ckpt.std, tta=DEFAULTS.tta)[:count]
+    if not shown:
+        raise CifarError(f"the network misclassifies none of the {len(split):,} test images: nothing to explain")
+    return split.images[[m.index for m in shown]], [m.true for m in shown], [f"test #{m.index}" for m in shown]
+
+
+# --- learning-rate range test --------------------------------------------------------------------------------
+
+MIN_START_LR = 1e-10  # a step this small moves no float32 weight of ordinary size: lower only wastes steps
+REAL_FALL = 0.1  # a fall of the smoothed loss by a tenth of where it began is learning, not noise
+MIN_FALL_STEPS = 3  # fewer mini-batches before the lowest loss are no stretch to judge a fall by

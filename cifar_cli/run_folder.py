@@ -208,6 +208,18 @@ def what_survives(out_dir: Path, saved_epoch: int | None, resumed_from: Path | N
     return "no checkpoint was written yet"
 
 
+def what_is_saved(out_dir: Path) -> str:
+    """What a run interrupted outside its epochs (before training began, or by a second Ctrl-C) leaves."""
+    last = out_dir / LAST
+    return f"{last} holds the last saved state" if last.is_file() else "no checkpoint was written"
+
+
+def resume_command(checkpoint: Path, data_dir: Path | None = None, model: str | None = None,
+                   device: str = "auto") -> str:
+    """resume_argv as a line to paste into a shell (quoted)."""
+    return shell_command(resume_argv(checkpoint, data_dir, model, device))
+
+
 def resume_argv(checkpoint: Path, data_dir: Path | None = None, model: str | None = None,
                 device: str = "auto") -> list[str]:
     """The command that continues a stopped run: what it cannot read from the checkpoint is repeated (the

@@ -10,15 +10,16 @@ the field.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from cifar_cli import schema
-from cifar_cli.checkpoint import Checkpoint, network_spec
-from cifar_cli.data import Split, describe_identity, identify, same_images
+from cifar_cli.checkpoint import Checkpoint
+from cifar_cli.data import Split, describe_identity, eval_split, identify, load_split, same_images
 from cifar_cli.errors import CifarError
-from cifar_cli.models import ModelSpec
+from cifar_cli.models import ModelSpec, choose_network
 from cifar_cli.optimizer_state import unflatten_optimizer
 from cifar_cli.records import EpochRecord, history_from_rows
 from cifar_cli.runtime import Runtime
@@ -32,17 +33,25 @@ def _name(checkpoint: Checkpoint) -> str:
     return str(checkpoint.source or "the checkpoint")
 
 
+def _recorded_settings(checkpoint: Checkpoint) -> TrainSettings | None:
+    """The settings a checkpoint's training state records, checked as the command line checks them (a
+    CifarError when they are damaged); None for a file without them (weights only)."""
+    settings = TrainSettings.from_dict((checkpoint.train_state or {}).get("settings"))
+    if settings is not None:
+        settings.validate()
+    return settings
+
+
 def settings_of(checkpoint: Checkpoint) -> TrainSettings:
     """The settings of the run that wrote a resumable checkpoint, checked as the command line checks them."""
-    settings = TrainSettings.from_dict((checkpoint.train_state or {}).get("settings"))
-    if settings is None:
-        raise CifarError(f"{_name(checkpoint)} cannot be resumed: it holds weights only (a best.safetensors?) "
-                         "or no valid training state; resume from last.safetensors")
     try:
-        settings.validate()
+        settings = _recorded_settings(checkpoint)
     except CifarError as e:
         raise CifarError(f"{_name(checkpoint)}: the training state's settings are damaged ({e}); it cannot be "
                          "resumed") from None
+    if settings is None:
+        raise CifarError(f"{_name(checkpoint)} cannot be resumed: it holds weights only (a best.safetensors?) "
+                         "or no valid training state; resume from last.safetensors")
     return settings
 
 
@@ -317,32 +326,35 @@ def check_data(recorded: dict[str, dict[str, Any]], splits: dict[str, Split | No
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a `cifar train` session runs: the run's settings and choices, and what the user should be told
-    (options given over what a resumed run began with, checks an older checkpoint cannot support)."""
+    """What a `cifar train` session runs: the run's settings, choices and network, and what the user should
+    be told (options given over what a resumed run began with, checks an older checkpoint cannot support)."""
 
     settings: TrainSettings
     choices: RunChoices
+    network: ModelSpec
     notes: tuple[str, ...] = ()
 
 
 def plan_run(checkpoint: Checkpoint | None, options: dict[str, Any], test: bool | None, augment_on: str | None,
-             amp: bool | None, model: ModelSpec | None, device: torch.device) -> RunPlan:
+             amp: bool | None, model: str | None, device: torch.device) -> RunPlan:
     """The one place that decides what a run is. A new run: the defaults with the options given (None: not
     given). A resumed run keeps everything it began with (its settings, test or not, where it augmented,
     AMP), refuses other settings (they would change what it has done so far) and takes a choice given over
-    one of its choices, saying so. Refuses, before any data is read, a checkpoint whose network is the
-    user's own unless --model names it (a checkpoint is never a reason to import code)."""
+    one of its choices, saying so. Its network (models.choose_network, from --model as typed) is built
+    from the run's seed; before any data is read, a checkpoint whose network is the user's own is refused
+    unless --model names it (a checkpoint is never a reason to import code)."""
     def place(choice: str) -> str:
         return "device" if Runtime(augment_on=choice).augments_on_device(device) else "loader"
 
     given = {"test": test, "augment_on": place(augment_on) if augment_on else None, "amp": amp}
     if checkpoint is None:
         settings, notes = DEFAULTS.with_options(**options), []
+        network = choose_network(model, seed=settings.seed)
         began = RunChoices(augment_on=place("auto"))
     else:
         state = RunState.resume(checkpoint)
-        network_spec(checkpoint, model)
         settings = state.settings.with_options(**options)
+        network = choose_network(model, checkpoint.model, _name(checkpoint), seed=settings.seed)
         if changed := state.settings.differences(settings):
             raise CifarError("a resumed run keeps its settings; these differ from the checkpoint's: "
                              + ", ".join(changed))
@@ -355,7 +367,16 @@ def plan_run(checkpoint: Checkpoint | None, options: dict[str, Any], test: bool 
         raise CifarError("--no-test needs --val-split: without the test set, held-out images must judge the epochs")
     if checkpoint is not None:
         notes += _unchecked(state.data, settings, choices)
-    return RunPlan(settings, choices, tuple(notes))
+    return RunPlan(settings, choices, network, tuple(notes))
+
+
+def read_run_data(plan: RunPlan, data_dir: Path, download: bool) -> tuple[Split, Split | None]:
+    """The images a run reads: the training set, and the test set unless the run leaves it out (its
+    choices, a resumed run's as it began); the settings are checked against the training set's size."""
+    train_split = load_split(data_dir, train=True, download_missing=download)
+    test_split = load_split(data_dir, train=False, download_missing=download) if plan.choices.test else None
+    plan.settings.validate(len(train_split))
+    return train_split, test_split
 
 
 def _flag(key: str, value: Any) -> str:
@@ -392,12 +413,17 @@ def images_of_run(checkpoint: Checkpoint) -> tuple[int | None, dict[str, Any] | 
     """What a checkpoint says of the training images its run used: how many it held out (a weights-only
     file, such as best.safetensors, only shows by a held-out figure that it held some out: None), and its
     fingerprint of the whole training set, if it has one (data.eval_split checks it)."""
-    state = checkpoint.train_state or {}
-    settings = TrainSettings.from_dict(state.get("settings"))
-    if settings is None:
-        return (None if "val_acc" in checkpoint.metrics else 0), None
     try:
-        settings.validate()
-        return settings.val_split, _fingerprints(state.get("data", {})).get("train")
+        settings = _recorded_settings(checkpoint)
+        if settings is None:
+            return (None if "val_acc" in checkpoint.metrics else 0), None
+        return settings.val_split, _fingerprints((checkpoint.train_state or {}).get("data", {})).get("train")
     except (CifarError, schema.Invalid) as e:
         raise CifarError(f"{_name(checkpoint)}: the training state is damaged ({e})") from None
+
+
+def images_to_judge(checkpoint: Checkpoint, images: str, data_dir: Path, download: bool) -> Split:
+    """The images `cifar eval --images` judges a checkpoint on: the test set, or the training images its run
+    learned from or held out, as the checkpoint records them."""
+    held_out, trained_on = images_of_run(checkpoint)
+    return eval_split(data_dir, images, held_out, download, trained_on)

@@ -23,6 +23,9 @@ def visible(value: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
 
 
-def literal(value: object) -> str:
-    """Outside text for a string that Rich reads as markup: shown as written, on the line it is on."""
+def literal(value: object, keep_lines: bool = False) -> str:
+    """Outside text for a string that Rich reads as markup: shown as written, on the line it is on. With
+    `keep_lines`, text of several lines (a library's table) keeps its line breaks, each line shown so."""
+    if keep_lines:
+        return "\n".join(escape(visible(line)) for line in str(value).split("\n"))
     return escape(visible(value))

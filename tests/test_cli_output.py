@@ -215,3 +215,12 @@ def test_compile_without_a_compiler_is_refused_up_front(tiny_data: Path, tmp_pat
     monkeypatch.setenv("CC", sys.executable)
     assert missing_compiler("cpu") is None and missing_compiler("cuda") is None
     assert os.environ["CXX"] == sys.executable
+
+
+def test_summary_prints_its_layer_table_one_row_a_line() -> None:
+    """The table is a library's text of many lines: shown literally, each line on its own line."""
+    result = cli("summary")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("Total params:") for line in lines), result.stdout
+    assert "\\n" not in result.stdout

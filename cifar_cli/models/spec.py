@@ -5,6 +5,9 @@ returns an nn.Module taking N x 3 x 32 x 32 images to N x 10 logits. Its code is
 user names it on the command line; a checkpoint records the name, the class and a hash of the source file,
 and is never a reason to import anything: a spec read from a file is a record, and `create_model` refuses to
 build a user network from one (only `resolve_model`, given what the user typed, makes a spec it will build).
+
+`choose_network` is the one decision of which network a command runs; it calls the user's factory once, and
+`create_model` hands that very network to the command instead of calling the factory again.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar_cli.errors import CifarError
+from cifar_cli.errors import CifarError, shell_command
 from cifar_cli.interrupts import signal_arrived
 from cifar_cli.models.config import NUM_CLASSES
 from cifar_cli.models.registry import PRESETS, config_dict
@@ -40,6 +43,9 @@ class ModelSpec:
     # User networks: True only when the user typed the name (resolve_model). A spec read from a file is a
     # record of what ran, never a licence to import it. Not part of equality: the same network either way.
     typed: bool = field(default=False, compare=False, repr=False)
+    # User networks the user typed: the network the factory returned when resolve_model checked it, kept
+    # for the first create_model that would build the very same one (_FirstBuild). Not part of equality.
+    first_build: list[_FirstBuild] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def is_preset(self) -> bool:
@@ -69,12 +75,53 @@ class ModelSpec:
         return self.name if self.is_preset else f"{self.name} ({self.class_name or 'user network'})"
 
 
+@dataclass(frozen=True)
+class _FirstBuild:
+    """A user network as its factory built it, and the random stream around that build: where it stood
+    before (the factory's weights are drawn from there) and where the build left it."""
+
+    network: nn.Module
+    rng_before: torch.Tensor
+    rng_after: torch.Tensor
+
+
 def preset_spec(name: str = DEFAULT_MODEL) -> ModelSpec:
     return ModelSpec(name, config_dict(PRESETS[name].default_config))
 
 
-def resolve_model(name: str | None) -> ModelSpec:
-    """--model as the user typed it: a preset name, or FILE.py:NAME / package.module:NAME (imported now)."""
+def choose_network(typed: str | None, recorded: ModelSpec | None = None, where: object = "the checkpoint",
+                   seed: int | None = None) -> ModelSpec:
+    """Which network a command runs, decided once per command: the --model the user typed, else the network
+    a checkpoint recorded (`recorded`, read from the file `where`), else the default preset. A checkpoint's
+    preset is rebuilt from the file alone; its user network only from what the user typed, since a file is
+    never a reason to import code. `seed`: the --seed a fresh network is trained with (see resolve_model)."""
+    given = resolve_model(typed, seed) if typed else None
+    if recorded is None:
+        return given or preset_spec()
+    return spec_to_build(recorded, given, where)
+
+
+def spec_to_build(recorded: ModelSpec, given: ModelSpec | None, where: object) -> ModelSpec:
+    """The network to build for a checkpoint that recorded `recorded`, given the --model the user typed."""
+    if recorded.is_preset:
+        if given is not None and given.name != recorded.name:
+            raise CifarError(f"{where} holds {recorded.name}, not {given.name}; drop --model or pass "
+                             f"{shell_command(['--model', recorded.name])}")
+        return recorded
+    if given is None:
+        raise CifarError(f"{where} holds your own network {recorded.describe()}; cifar-cli never imports code "
+                         f"that a checkpoint names, so pass it yourself: {shell_command(['--model', recorded.name])}")
+    return given
+
+
+def resolve_model(name: str | None, seed: int | None = None) -> ModelSpec:
+    """--model as the user typed it: a preset name, or FILE.py:NAME / package.module:NAME (imported now).
+
+    A user network is built and checked now, once: the first `create_model` of the spec gets that network.
+    The build draws its weights from the random stream as it stands (from `seed`, if given: training seeds
+    the stream before it builds the network) and leaves the stream as it was, so that a later create_model
+    from the same point is the same build.
+    """
     name = name or DEFAULT_MODEL
     if name in PRESETS:
         return preset_spec(name)
@@ -82,21 +129,33 @@ def resolve_model(name: str | None) -> ModelSpec:
         raise CifarError(f"--model {name}: not a preset ({', '.join(PRESETS)}) nor FILE.py:NAME or "
                          "package.module:NAME")
     factory, source = _import_factory(name)
-    model = _build_user_network(name, factory)
-    return ModelSpec(name, {}, type(model).__name__, _sha256(source) if source else "", typed=True)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        before = torch.get_rng_state()
+        model = _build_user_network(name, factory)
+        first = _FirstBuild(model, before, torch.get_rng_state())
+    return ModelSpec(name, {}, type(model).__name__, _sha256(source) if source else "", typed=True,
+                     first_build=[first])
 
 
 def create_model(spec: ModelSpec) -> nn.Module:
     """A fresh network for the spec (random weights; seed torch first for repeatable ones).
 
     A user network is built only from a spec the user typed (resolve_model): one that came from a file
-    names code, and naming code in a file is no reason to run it.
+    names code, and naming code in a file is no reason to run it. The network resolve_model built is
+    handed over instead of a second build when the random stream stands where that build began, the
+    stream moved on as the build moved it: the very network and stream a second build would give.
     """
     if spec.is_preset:
         return PRESETS[spec.name].create(spec.config)
     if not spec.typed:
         raise CifarError(f"{spec.describe()} is your own network, named in a file; cifar-cli never imports code "
                          f"that a file names, so pass it yourself: --model {spec.name}")
+    if spec.first_build and torch.equal(torch.get_rng_state(), spec.first_build[0].rng_before):
+        first = spec.first_build.pop()
+        torch.set_rng_state(first.rng_after)
+        return first.network
     factory, _ = _import_factory(spec.name)
     return _build_user_network(spec.name, factory)
 

@@ -16,8 +16,9 @@ from typing import Protocol
 import torch
 
 from cifar_cli import __version__
-from cifar_cli.checkpoint import Checkpoint, NonFinite, first_non_finite, flatten_optimizer, save_checkpoint
+from cifar_cli.checkpoint import Checkpoint, NonFinite, first_non_finite, save_checkpoint
 from cifar_cli.data import Split
+from cifar_cli.optimizer_state import flatten_optimizer
 from cifar_cli.records import EpochRecord, EvalResult
 from cifar_cli.run_folder import (
     BEST,

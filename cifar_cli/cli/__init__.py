@@ -1,0 +1,72 @@
+"""The `cifar` command: parses options, calls the core modules, prints what they return; it decides nothing.
+
+The commands live by what users do with them: inspect (models, summary, receptive-field, augment-preview,
+plot), train, checkpoints (eval, predict, convert) and explain (mistakes, gradcam, lr-find); options.py holds
+what they share. Everything that came from the user or from a file is printed through terminal.literal.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from cifar_cli import __version__
+from cifar_cli.cli import checkpoints, explain, inspect, train
+from cifar_cli.cli.options import out, output_lost, stdout_lost
+
+app = typer.Typer(
+    name="cifar",
+    help="Train, inspect and evaluate small convolutional networks on CIFAR-10.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"cifar-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Train, inspect and evaluate small convolutional networks on CIFAR-10."""
+
+
+# In the order `cifar --help` lists them.
+app.command("models")(inspect.models_command)
+app.command("summary", help=inspect.summary_help())(inspect.summary)
+app.command("receptive-field")(inspect.receptive_field_command)
+app.command("augment-preview")(inspect.augment_preview)
+app.command("train")(train.train)
+app.command("eval")(checkpoints.eval_command)
+app.command("predict")(checkpoints.predict)
+app.command("mistakes")(explain.mistakes)
+app.command("gradcam")(explain.gradcam)
+app.command("lr-find")(explain.lr_find)
+app.command("plot")(inspect.plot)
+app.command("convert")(checkpoints.convert)
+
+
+def main() -> None:
+    try:
+        app(prog_name="cifar")
+    except SystemExit as e:
+        code = e.code
+    except OSError as e:  # --help or --version, which run before any command, writing to a full disk
+        if (lost := output_lost(e)) is None:
+            raise
+        stdout_lost(lost)
+        code = 2
+    try:
+        sys.stdout.flush()  # here, not at exit: Python reports a failed final flush with a traceback
+    except OSError as e:
+        stdout_lost(e)
+        code = 2
+    sys.exit(code)

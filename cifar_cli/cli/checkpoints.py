@@ -1,0 +1,133 @@
+"""The commands that use a checkpoint as it is: eval, predict, convert."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.panel import Panel
+
+from cifar_cli.cli.options import (
+    CheckpointOptions,
+    CheckpointPath,
+    Json,
+    ModelOption,
+    counted,
+    fails_cleanly,
+    out,
+    print_json,
+    runs_checkpoint,
+)
+from cifar_cli.errors import CifarError
+from cifar_cli.settings import EVAL_BATCH_SIZE
+from cifar_cli.terminal import literal
+
+
+class EvalImages(str, Enum):
+    test = "test"
+    train = "train"
+    held_out = "held-out"
+
+
+@fails_cleanly
+@runs_checkpoint()
+def eval_command(
+    checkpoint: Annotated[Path | None, typer.Argument(
+        help="A .safetensors checkpoint written by cifar train [default: the one shipped with cifar-cli].",
+        dir_okay=False, show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="Images per forward pass; changes speed, not results.")] = EVAL_BATCH_SIZE,
+    images: Annotated[EvalImages, typer.Option(
+        "--images", help="The test set; the training images it learned from, without augmentation (how closely "
+                         "the network fits them, next to how well it generalises); or the images a --val-split "
+                         "run held out (from its last.safetensors).")
+    ] = EvalImages.test,
+    as_json: Json = False,
+    *,
+    options: CheckpointOptions,
+) -> None:
+    """Loss, accuracy, per-class results and the confusion matrix of a checkpoint on the test set
+    (with --images train: on the training images it learned from, un-augmented; --images held-out: on
+    those its --val-split run held out).
+
+    A checkpoint of a preset rebuilds its network from the file alone; one of your own network needs
+    --model FILE.py:NAME again (a checkpoint is never a reason to import code).
+    """
+    from cifar_cli.report import confusion_table, per_class_table
+    from cifar_cli.run_state import images_to_judge
+    from cifar_cli.training.evaluation import evaluate
+
+    run = options.load(checkpoint)
+    split = images_to_judge(run.ckpt, images.value, options.data_root, options.download)
+    result = evaluate(run.network, split, run.device, batch_size=batch_size, classes=run.ckpt.classes,
+                      mean=run.ckpt.mean, std=run.ckpt.std, tta=run.tta, name=str(run.path))
+    if as_json:
+        print_json({"checkpoint": str(run.path), "epoch": run.ckpt.epoch, "images": len(split),
+                    "images_from": images.value, "tta": run.tta, **result.to_dict()})
+        return
+    out.print(Panel.fit(f"{literal(run.path)}  ({literal(run.ckpt.model.describe())}, epoch {run.ckpt.epoch}, "
+                        f"cifar-cli {literal(run.ckpt.version)})\n"
+                        f"{images.value} images {len(split):,}{' + mirror images' if run.tta else ''}   "
+                        f"loss [bold]{result.loss:.4f}[/]   "
+                        f"accuracy [bold]{100 * result.accuracy:.2f}%[/]"))
+    out.print(per_class_table(result))
+    out.print(confusion_table(result))
+
+
+@fails_cleanly
+@runs_checkpoint(data=False)
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...); each is resized to 32x32.",
+                                                 dir_okay=False, show_default=False)],
+    checkpoint: CheckpointPath = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="How many classes to show per image.")] = 3,
+    as_json: Json = False,
+    *,
+    options: CheckpointOptions,
+) -> None:
+    """The most likely classes of each image, with their probabilities."""
+    import numpy as np
+
+    from cifar_cli.pictures import load_image
+    from cifar_cli.training.evaluation import predict as class_probabilities
+
+    run = options.load(checkpoint)
+    pixels = np.stack([load_image(p) for p in images])
+    probs = class_probabilities(run.network, pixels, run.device, run.ckpt.mean, run.ckpt.std, tta=run.tta)
+    best = probs.topk(min(top, probs.shape[1]), dim=1)
+    results = [{"image": str(p), "top": [{"class": run.ckpt.classes[i], "probability": float(v)}
+                                          for v, i in zip(values.tolist(), indices.tolist())]}
+               for p, values, indices in zip(images, best.values, best.indices)]
+    if as_json:
+        print_json({"checkpoint": str(run.path), "predictions": results})
+        return
+    for r in results:
+        guesses = "   ".join(f"{literal(t['class'])} [bold]{100 * t['probability']:.1f}%[/]" for t in r["top"])
+        out.print(f"{literal(r['image'])}: {guesses}", soft_wrap=True)
+
+
+@fails_cleanly
+def convert(
+    source: Annotated[Path, typer.Argument(help="A PyTorch .pt/.pth file holding this network's state_dict.",
+                                           dir_okay=False, show_default=False)],
+    target: Annotated[Path, typer.Argument(help="The .safetensors checkpoint to write.", dir_okay=False,
+                                           show_default=False)],
+    model: ModelOption = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace TARGET if it exists.")] = False,
+) -> None:
+    """Convert a PyTorch .pt/.pth state_dict of a network (--model) to a .safetensors checkpoint, safely.
+
+    The file is read with torch.load(weights_only=True), which refuses pickles that would run code.
+    """
+    from cifar_cli.convert import convert_pytorch_checkpoint
+    from cifar_cli.files import check_output
+    from cifar_cli.models import choose_network
+
+    target = check_output(target, ".safetensors", "target")
+    if target.exists() and not overwrite and target.resolve() != source.expanduser().resolve():
+        raise CifarError(f"{target} exists; pass --overwrite to replace it")
+    ckpt = convert_pytorch_checkpoint(source, target, choose_network(model))
+    out.print(f"Wrote {literal(target)} ({counted(len(ckpt.model_state), 'tensor')}, "
+              f"{literal(ckpt.model.describe())})", soft_wrap=True)
