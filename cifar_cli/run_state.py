@@ -9,31 +9,28 @@ the field.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 
 from cifar_cli import schema
 from cifar_cli.checkpoint import Checkpoint
-from cifar_cli.data import Split, describe_identity, eval_split, identify, load_split, same_images
+from cifar_cli.data import Split, describe_identity, identify, same_images
 from cifar_cli.errors import CifarError
-from cifar_cli.models import ModelSpec, choose_network
 from cifar_cli.optimizer_state import unflatten_optimizer
 from cifar_cli.records import EpochRecord, history_from_rows
-from cifar_cli.runtime import Runtime
-from cifar_cli.settings import DEFAULTS, TrainSettings
+from cifar_cli.settings import TrainSettings
 
 SPLITS = ("train", "held_out", "test")  # every set of images a run uses, each fingerprinted (data.identify)
 MAX_PROCESSES = 65_536
 
 
-def _name(checkpoint: Checkpoint) -> str:
+def named(checkpoint: Checkpoint) -> str:
     return str(checkpoint.source or "the checkpoint")
 
 
-def _recorded_settings(checkpoint: Checkpoint) -> TrainSettings | None:
+def recorded_settings(checkpoint: Checkpoint) -> TrainSettings | None:
     """The settings a checkpoint's training state records, checked as the command line checks them (a
     CifarError when they are damaged); None for a file without them (weights only)."""
     settings = TrainSettings.from_dict((checkpoint.train_state or {}).get("settings"))
@@ -45,12 +42,12 @@ def _recorded_settings(checkpoint: Checkpoint) -> TrainSettings | None:
 def settings_of(checkpoint: Checkpoint) -> TrainSettings:
     """The settings of the run that wrote a resumable checkpoint, checked as the command line checks them."""
     try:
-        settings = _recorded_settings(checkpoint)
+        settings = recorded_settings(checkpoint)
     except CifarError as e:
-        raise CifarError(f"{_name(checkpoint)}: the training state's settings are damaged ({e}); it cannot be "
+        raise CifarError(f"{named(checkpoint)}: the training state's settings are damaged ({e}); it cannot be "
                          "resumed") from None
     if settings is None:
-        raise CifarError(f"{_name(checkpoint)} cannot be resumed: it holds weights only (a best.safetensors?) "
+        raise CifarError(f"{named(checkpoint)} cannot be resumed: it holds weights only (a best.safetensors?) "
                          "or no valid training state; resume from last.safetensors")
     return settings
 
@@ -144,7 +141,7 @@ def _fingerprint(data: Any, name: str) -> dict[str, Any]:
     return data
 
 
-def _fingerprints(data: Any) -> dict[str, dict[str, Any]]:
+def fingerprints(data: Any) -> dict[str, dict[str, Any]]:
     """The run's fingerprint of each set of images it used. Checkpoints written before every split was
     fingerprinted hold the training set's alone, sampled, as `data` itself (or nothing at all)."""
     data = schema.mapping(data, "data")
@@ -197,17 +194,17 @@ class RunState:
         stored = settings_of(checkpoint)  # refuses weights-only checkpoints
         state = checkpoint.train_state
         if unknown := sorted(set(state) - set(cls.KEYS)):
-            raise CifarError(f"{_name(checkpoint)}: the training state is incomplete or of another kind (it has "
+            raise CifarError(f"{named(checkpoint)}: the training state is incomplete or of another kind (it has "
                              f"{unknown[0][:40]!r}); it cannot be resumed")
         try:
             history = history_from_rows(state.get("history", []))
         except (TypeError, ValueError) as e:
-            raise CifarError(f"{_name(checkpoint)}: the training history is damaged ({e}); it cannot be resumed"
+            raise CifarError(f"{named(checkpoint)}: the training history is damaged ({e}); it cannot be resumed"
                              ) from None
         try:
             run = cls._checked(stored, history, state)
         except schema.Invalid as e:
-            raise CifarError(f"{_name(checkpoint)}: the training state is damaged ({e}); it cannot be resumed"
+            raise CifarError(f"{named(checkpoint)}: the training state is damaged ({e}); it cannot be resumed"
                              ) from None
         if settings is not None and (changed := stored.differences(settings)):
             raise CifarError("a resumed run keeps its settings; these differ from the checkpoint's: "
@@ -232,7 +229,7 @@ class RunState:
         optimizer = schema.mapping(state.get("optimizer"), "optimizer")
         choices = state.get("choices")
         return cls(settings, history, best_epoch, float(best_acc), position, parts["scheduler"], parts["scaler"],
-                   optimizer, _fingerprints(state.get("data", {})),
+                   optimizer, fingerprints(state.get("data", {})),
                    RunChoices.from_dict(choices) if choices is not None else None)
 
     def check_position(self, steps_per_epoch: int, world: int) -> None:
@@ -279,7 +276,7 @@ class Resume:
             if state.scaler and scaler.is_enabled():
                 scaler.load_state_dict(_loss_scale(state.scaler, scaler.state_dict()))
         except schema.Invalid as e:
-            raise CifarError(f"{_name(self.checkpoint)}: the training state is damaged ({e}); it cannot be "
+            raise CifarError(f"{named(self.checkpoint)}: the training state is damaged ({e}); it cannot be "
                              "resumed") from None
 
 
@@ -322,108 +319,3 @@ def check_data(recorded: dict[str, dict[str, Any]], splits: dict[str, Split | No
                              "resume with the run's data")
         found[name] = identify(split)
     return found
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What a `cifar train` session runs: the run's settings, choices and network, and what the user should
-    be told (options given over what a resumed run began with, checks an older checkpoint cannot support)."""
-
-    settings: TrainSettings
-    choices: RunChoices
-    network: ModelSpec
-    notes: tuple[str, ...] = ()
-
-
-def plan_run(checkpoint: Checkpoint | None, options: dict[str, Any], test: bool | None, augment_on: str | None,
-             amp: bool | None, model: str | None, device: torch.device) -> RunPlan:
-    """The one place that decides what a run is. A new run: the defaults with the options given (None: not
-    given). A resumed run keeps everything it began with (its settings, test or not, where it augmented,
-    AMP), refuses other settings (they would change what it has done so far) and takes a choice given over
-    one of its choices, saying so. Its network (models.choose_network, from --model as typed) is built
-    from the run's seed; before any data is read, a checkpoint whose network is the user's own is refused
-    unless --model names it (a checkpoint is never a reason to import code)."""
-    def place(choice: str) -> str:
-        return "device" if Runtime(augment_on=choice).augments_on_device(device) else "loader"
-
-    given = {"test": test, "augment_on": place(augment_on) if augment_on else None, "amp": amp}
-    if checkpoint is None:
-        settings, notes = DEFAULTS.with_options(**options), []
-        network = choose_network(model, seed=settings.seed)
-        began = RunChoices(augment_on=place("auto"))
-    else:
-        state = RunState.resume(checkpoint)
-        settings = state.settings.with_options(**options)
-        network = choose_network(model, checkpoint.model, _name(checkpoint), seed=settings.seed)
-        if changed := state.settings.differences(settings):
-            raise CifarError("a resumed run keeps its settings; these differ from the checkpoint's: "
-                             + ", ".join(changed))
-        began, notes = _began_with(state, place("auto"))
-        notes += [f"{_flag(k, v)} overrides what this run began with ({_flag(k, getattr(began, k))})"
-                  for k, v in given.items() if v is not None and v != getattr(began, k)]
-    settings.validate()
-    choices = replace(began, **{k: v for k, v in given.items() if v is not None})
-    if not choices.test and not settings.val_split:
-        raise CifarError("--no-test needs --val-split: without the test set, held-out images must judge the epochs")
-    if checkpoint is not None:
-        notes += _unchecked(state.data, settings, choices)
-    return RunPlan(settings, choices, network, tuple(notes))
-
-
-def read_run_data(plan: RunPlan, data_dir: Path, download: bool) -> tuple[Split, Split | None]:
-    """The images a run reads: the training set, and the test set unless the run leaves it out (its
-    choices, a resumed run's as it began); the settings are checked against the training set's size."""
-    train_split = load_split(data_dir, train=True, download_missing=download)
-    test_split = load_split(data_dir, train=False, download_missing=download) if plan.choices.test else None
-    plan.settings.validate(len(train_split))
-    return train_split, test_split
-
-
-def _flag(key: str, value: Any) -> str:
-    if key == "augment_on":
-        return f"--augment-on {value}"
-    if value is None:
-        return "AMP as the GPU allows"
-    return f"--{'' if value else 'no-'}{key}"
-
-
-def _began_with(state: RunState, here: str) -> tuple[RunChoices, list[str]]:
-    """The choices a resumed run began with; a checkpoint from before they were recorded shows only whether
-    it left the test set out, so the rest are this machine's defaults, said aloud."""
-    if state.choices is not None:
-        return state.choices, []
-    return RunChoices(not left_test_out(state.history), here, None), [
-        f"this checkpoint is from before runs recorded where they augmented images and whether they used AMP; "
-        f"going on with --augment-on {here}: pass --augment-on and --amp/--no-amp if it began otherwise"]
-
-
-def _unchecked(recorded: dict[str, Any], settings: TrainSettings, choices: RunChoices) -> list[str]:
-    """The sets of images this session uses that the checkpoint has no fingerprint of (written before they
-    were taken): said, since they cannot be checked to be the run's."""
-    used = ["train", *(["held_out"] if settings.val_split else []), *(["test"] if choices.test else [])]
-    kinds = {"train": "training", "held_out": "held-out", "test": "test"}
-    missing = [kinds[name] for name in used if name not in recorded]
-    if not missing:
-        return []
-    return [f"not checked: this checkpoint is from before runs fingerprinted their {' and '.join(missing)} images, "
-            "so a --data-dir with other ones would go unnoticed"]
-
-
-def images_of_run(checkpoint: Checkpoint) -> tuple[int | None, dict[str, Any] | None]:
-    """What a checkpoint says of the training images its run used: how many it held out (a weights-only
-    file, such as best.safetensors, only shows by a held-out figure that it held some out: None), and its
-    fingerprint of the whole training set, if it has one (data.eval_split checks it)."""
-    try:
-        settings = _recorded_settings(checkpoint)
-        if settings is None:
-            return (None if "val_acc" in checkpoint.metrics else 0), None
-        return settings.val_split, _fingerprints((checkpoint.train_state or {}).get("data", {})).get("train")
-    except (CifarError, schema.Invalid) as e:
-        raise CifarError(f"{_name(checkpoint)}: the training state is damaged ({e})") from None
-
-
-def images_to_judge(checkpoint: Checkpoint, images: str, data_dir: Path, download: bool) -> Split:
-    """The images `cifar eval --images` judges a checkpoint on: the test set, or the training images its run
-    learned from or held out, as the checkpoint records them."""
-    held_out, trained_on = images_of_run(checkpoint)
-    return eval_split(data_dir, images, held_out, download, trained_on)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_clean_error, cli, safetensors_header
-from safetensors.torch import save_file
+from conftest import Exploit, assert_clean_error, cli, safetensors_header
+from safetensors.torch import load_file, save_file
 
 from cifar_cli.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from cifar_cli.data import CLASSES, MEAN, STD
@@ -166,3 +168,119 @@ def test_bad_checkpoints_are_refused_with_a_clean_error(saved: tuple[Path, torch
         result = cli("eval", path, "--data-dir", tiny_data, "--device", "cpu")
         assert_clean_error(result, words)
         assert len(result.stderr.strip().splitlines()) == 1, (name, result.stderr)
+
+
+# --- checkpoint contents are validated, not trusted ------------------------------------------------------
+
+def _forge(source: Path, target: Path, tensors: dict | None = None, **metadata: str) -> Path:
+    meta = safetensors_header(source.read_bytes())[0]["__metadata__"]
+    save_file(tensors if tensors is not None else load_file(source), target, metadata={**meta, **metadata})
+    return target
+
+
+def test_checkpoint_contents_are_validated(trained_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    best = trained_run / "best.safetensors"
+    norm = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.0, 0.25]}
+    poisoned = load_file(best)
+    poisoned["model.c1.0.0.weight"][0, 0, 0, 0] = float("nan")
+    classes = json.dumps([f"class {i}" for i in range(12)])
+    cases = [({"normalization": json.dumps(norm)}, None, "divide by zero"),
+             ({"normalization": json.dumps({"mean": [0.5, "nan", 0.5], "std": [1, 1, 1]})}, None, "finite"),
+             ({"epoch": "true"}, None, "not a whole number"),
+             ({"model": json.dumps({"name": "cifarnet-ds", "config": {"num_classes": True}})}, None,
+              "another architecture"),
+             ({"model": json.dumps({"name": "cifarnet-ds", "config": {"num_classes": 12}}), "classes": classes},
+              None, "CIFAR-10 has 10"),
+             ({}, poisoned, "non-finite weights")]
+    for i, (metadata, tensors, words) in enumerate(cases):
+        forged = _forge(best, tmp_path / f"case{i}.safetensors", tensors, **metadata)
+        assert_clean_error(cli("eval", forged, "--data-dir", tiny_data, "--device", "cpu"), words)
+
+
+@pytest.mark.parametrize("damage", [{"best_epoch": "3"}, {"best_epoch": 99}, {"position": {
+    "epoch": 7, "batches": -1, "loss_sum": 0.0, "correct": 0, "seen": 0}}, {"scheduler": [1, 2]},
+    {"history": [], "best_epoch": 0, "position": {"epoch": 1, "batches": 10**9, "loss_sum": 0.0, "correct": 0,
+                                                  "seen": 0}}])
+def test_a_training_state_with_wrong_types_or_impossible_values_is_refused(trained_run: Path, tiny_data: Path,
+                                                                          tmp_path: Path, damage: dict) -> None:
+    last = trained_run / "last.safetensors"
+    state = json.loads(safetensors_header(last.read_bytes())[0]["__metadata__"]["train_state"])
+    forged = _forge(last, tmp_path / "last.safetensors", train_state=json.dumps({**state, **damage}))
+    assert_clean_error(cli("train", "--resume", forged, "--data-dir", tiny_data), "cannot be resumed")
+
+
+def test_a_safetensors_file_is_known_by_its_content_whatever_its_name(trained_run: Path, tiny_data: Path,
+                                                                      tmp_path: Path) -> None:
+    renamed = tmp_path / "weights.pth"
+    shutil.copy(trained_run / "best.safetensors", renamed)
+    assert cli("eval", renamed, "--data-dir", tiny_data, "--device", "cpu").exit_code == 0
+
+
+# --- convert ---------------------------------------------------------------------------------------------
+
+def test_convert_handles_tied_weights_nested_wrappers_and_its_own_input(tiny_data: Path, tmp_path: Path) -> None:
+    model = create_model(preset_spec()).eval()
+    tied = {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}  # DDP around torch.compile
+    tied["module._orig_mod.head.2.bias"] = tied["module._orig_mod.head.2.weight"][:, 0]  # one storage, two names
+    torch.save(tied, tmp_path / "tied.pth")
+    result = cli("convert", tmp_path / "tied.pth", tmp_path / "tied.safetensors")
+    assert result.exit_code == 0, result.stderr
+    assert cli("eval", tmp_path / "tied.safetensors", "--data-dir", tiny_data, "--device", "cpu").exit_code == 0
+
+    assert_clean_error(cli("convert", tmp_path / "tied.pth", tmp_path / "tied.pth"), "must end in .safetensors")
+    shutil.copy(tmp_path / "tied.pth", tmp_path / "same.safetensors")
+    assert_clean_error(cli("convert", tmp_path / "same.safetensors", tmp_path / "same.safetensors"), "onto itself")
+    assert_clean_error(cli("convert", tmp_path / "tied.pth", tmp_path / "tied.safetensors"), "exists", "--overwrite")
+
+
+def test_convert_states_the_global_torch_refused(tmp_path: Path) -> None:
+    class Planted:
+        def __reduce__(self):  # noqa: ANN204
+            return (print, ("ran",))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"w": Planted()}, protocol=2))
+    result = cli("convert", tmp_path / "evil.pth", tmp_path / "out.safetensors")
+    assert_clean_error(result, "GLOBAL print was not an allowed global")
+    assert "weights_only" not in result.stderr and "trusted" not in result.stderr
+
+
+# --- files that would run code: pickles are refused, converted only as tensors --
+def test_pytorch_pickles_are_refused_and_can_be_converted(tiny_data: Path, tmp_path: Path) -> None:
+    model = create_model(preset_spec()).eval()
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, legacy)
+    assert_clean_error(cli("eval", legacy, "--data-dir", tiny_data), "pickle", "can run any code",
+                       f"cifar convert {legacy}")
+
+    converted = tmp_path / "converted.safetensors"
+    assert cli("convert", legacy, converted).exit_code == 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        rebuilt = model_from_checkpoint(load_checkpoint(converted)).eval()
+        assert torch.equal(model(x), rebuilt(x))
+    assert cli("eval", converted, "--data-dir", tiny_data, "--device", "cpu").exit_code == 0
+
+
+def test_converting_a_malicious_pickle_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"weight": Exploit(marker)}, protocol=2))
+    assert_clean_error(cli("convert", evil, tmp_path / "out.safetensors"), "cannot convert")
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+    other = tmp_path / "other.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, other)
+    assert_clean_error(cli("convert", other, tmp_path / "out.safetensors"), "does not match")
+
+
+def test_a_damaged_training_state_cannot_be_resumed(trained_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(trained_run / "last.safetensors")
+    meta = safetensors_header((trained_run / "last.safetensors").read_bytes())[0]["__metadata__"]
+    state = json.loads(meta["train_state"])
+    for damage, words in [({"history": [{"epoch": 1, "bogus": 2}]}, "history is damaged"),
+                          ({"surprise": 1}, "incomplete"),
+                          ({"settings": {"epochs": "many"}}, "cannot be resumed")]:
+        damaged = tmp_path / "last.safetensors"
+        save_file(tensors, damaged, metadata={**meta, "train_state": json.dumps({**state, **damage})})
+        assert_clean_error(cli("train", "--resume", damaged, "--data-dir", tiny_data, "--device", "cpu"), words)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, cli, write_network
+from conftest import TRAIN_ARGS, assert_clean_error, cli, write_network
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from cifar_cli import __version__
 from cifar_cli.models import DEFAULT_MODEL, PRESETS
 from cifar_cli.receptive_field import total_receptive_field
 from cifar_cli.rules import count_parameters
+from cifar_cli.training.trainer import warmup_fraction
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "cifar"
 DEFAULT = PRESETS[DEFAULT_MODEL]
@@ -109,3 +114,51 @@ def test_entry_points(command: list[str]) -> None:
     usage = subprocess.run([*command, "eval", "missing.safetensors"], capture_output=True, text=True, timeout=120)
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
     assert usage.stderr.strip() == "error: checkpoint not found: missing.safetensors"
+
+
+QUICK = ("--epochs", "1", *TRAIN_ARGS)
+
+
+# --- every value the parser accepts is handled ---------------------------------------------------------
+
+def test_schedules_of_any_length_train(tiny_data: Path, tmp_path: Path) -> None:
+    assert [warmup_fraction(n) * n for n in (3, 4, 8, 40)] == [0.75, 2.0, 2.0, 10.0]
+    for epochs in ("1", "4", "5"):  # one optimizer step per epoch: 1, 4 and 5 steps in all
+        result = cli("train", "--epochs", epochs, "--batch-size", "300", "--data-dir", tiny_data, "--out",
+                     tmp_path / epochs, "--device", "cpu")
+        assert result.exit_code == 0, result.stderr
+
+
+def test_options_at_and_past_their_limits(trained_run: Path, tiny_data: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    assert_clean_error(cli("train", "--seed", str(2**64), "--data-dir", tiny_data), "--seed must be between 0")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cli("train", "--data-dir", tiny_data, "--out", "~/home-run", *QUICK).exit_code == 0
+    assert (tmp_path / "home-run" / "last.safetensors").is_file()
+    assert_clean_error(cli("train", "--data-dir", tiny_data, "--out", "/dev/null", *QUICK), "/dev/null")
+    assert_clean_error(cli("eval", "/dev/zero", "--data-dir", tiny_data), "not a regular file")
+    assert_clean_error(cli("augment-preview", "--data-dir", tiny_data, "--out", tmp_path / "grid.jpg"),
+                       "must end in .png")
+    assert_clean_error(cli("plot", trained_run, "--out", tmp_path / "curves.svg"), "must end in .png")
+
+
+_RUNS = itertools.count()
+_ACCEPTED = settings(max_examples=24, derandomize=True, deadline=timedelta(seconds=60), database=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+_floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, 1e-300, 1e308, 0.999999])
+
+
+@_ACCEPTED
+@given(epochs=st.integers(-3, 2), batch=st.integers(-2, 400) | st.just(2**62), lr=_floats,
+       seed=st.integers(-3, 2**70), val_split=st.integers(-3, 400), ema=_floats, decay=_floats, smoothing=_floats)
+def test_no_value_the_parser_accepts_gives_a_traceback(tiny_data: Path, tmp_path: Path, epochs: int, batch: int,
+                                                       lr: float, seed: int, val_split: int, ema: float, decay: float,
+                                                       smoothing: float) -> None:
+    out = tmp_path / f"fuzz-{next(_RUNS)}"  # a fresh folder each call: a run's files must not decide the next
+    result = cli("train", "--epochs", epochs, "--batch-size", batch, "--lr", lr, "--seed", seed, "--val-split",
+                 val_split, "--ema", ema, "--weight-decay", decay, "--label-smoothing", smoothing,
+                 "--data-dir", tiny_data, "--out", out, "--device", "cpu")
+    assert result.exception is None, repr(result.exception)
+    assert result.exit_code in (0, 2) and "Traceback" not in result.stdout + result.stderr
+    if result.exit_code == 2:
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TRAIN_ARGS, cli, write_network
+from conftest import TRAIN_ARGS, assert_clean_error, cli, safetensors_header, write_network
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from cifar_cli.models import create_model, preset_spec, resolve_model
 from cifar_cli.runtime import missing_compiler
+from cifar_cli.settings import DEFAULTS
 from cifar_cli.terminal import visible
 
 # Markup, an emoji code, a forged line of output, a terminal escape code and a carriage return.
@@ -224,3 +226,44 @@ def test_summary_prints_its_layer_table_one_row_a_line() -> None:
     lines = result.stdout.splitlines()
     assert any(line.startswith("Total params:") for line in lines), result.stdout
     assert "\\n" not in result.stdout
+
+
+QUICK = ("--epochs", "1", *TRAIN_ARGS)
+
+
+# --- honest output -------------------------------------------------------------------------------
+
+def test_paths_are_printed_literally_never_as_markup(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exp[lr=0.1]"
+    result = cli("train", "--data-dir", tiny_data, "--out", out, *QUICK)
+    assert result.exit_code == 0, result.stderr
+    assert str(out) in " ".join(result.stdout.split())
+    assert_clean_error(cli("eval", tmp_path / "x[/]y[bold].safetensors"), f"{tmp_path / 'x[/]y[bold].safetensors'}")
+
+
+def test_class_names_from_a_checkpoint_cannot_drive_the_terminal(trained_run: Path, tiny_data: Path,
+                                                                 tmp_path: Path) -> None:
+    meta = safetensors_header((trained_run / "best.safetensors").read_bytes())[0]["__metadata__"]
+    classes = ["\x1b[2Jwiped", "[red]markup[/red]", *json.loads(meta["classes"])[2:]]
+    forged = tmp_path / "forged.safetensors"
+    save_file(load_file(trained_run / "best.safetensors"), forged, metadata={**meta, "classes": json.dumps(classes)})
+    result = cli("eval", forged, "--data-dir", tiny_data, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\\x1b[2Jwiped" in result.stdout and "[red]markup[/red]" in result.stdout
+
+
+def test_help_shows_every_default_from_the_settings() -> None:
+    text = " ".join(cli("train", "--help").stdout.replace("│", " ").split())
+    for option, name in [("Epochs to train.", "epochs"), ("one-cycle schedule.", "lr"), ("e.g. 0.999 (0: off).", "ema"),
+                         ("evaluated and saved.", "lookahead"),
+                         ("BatchNorm or biases).", "weight_decay"), ("training loss (0: off).", "label_smoothing"),
+                         ("trained with 0.3).", "affine_p"), ("with the mean).", "cutout_p"),
+                         ("network: 0.2).", "tone_p"), ("stays); 0: off.", "aug_fade"),
+                         ("the augmentation (0: off).", "mixup")]:
+        assert f"{option} [default: ({getattr(DEFAULTS, name)})]" in text
+
+
+def test_an_error_under_json_is_one_line_on_stderr_and_nothing_on_stdout(tiny_data: Path) -> None:
+    result = cli("eval", "missing.safetensors", "--json", "--data-dir", tiny_data)
+    assert_clean_error(result, "checkpoint not found")
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1

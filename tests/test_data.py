@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Exploit, assert_clean_error, cli
+from conftest import TRAIN_ARGS, Exploit, assert_clean_error, cli, write_batch
 
 from cifar_cli.data import FOLDER, load_split
 from cifar_cli.errors import CifarError
@@ -72,3 +72,26 @@ def test_malicious_pickle_is_refused_without_running(tiny_data: Path, tmp_path: 
     with pytest.raises(CifarError, match="refusing to load"):
         load_split(tmp_path, train=False)
     assert not marker.exists()
+
+
+QUICK = ("--epochs", "1", *TRAIN_ARGS)
+
+
+# --- dataset folders ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("labels, words", [
+    ([[0, 1]], "flat list of whole numbers"), ([0.5, 1.5], "flat list of whole numbers")])
+def test_labels_that_are_not_whole_numbers_are_named(tiny_data: Path, tmp_path: Path, labels: list,
+                                                      words: str) -> None:
+    shutil.copytree(tiny_data / FOLDER, tmp_path / FOLDER)
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    batch = {"labels": labels, "data": images.transpose(0, 3, 1, 2).reshape(2, 3072)}
+    (tmp_path / FOLDER / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    assert_clean_error(cli("eval", "--data-dir", tmp_path, "--device", "cpu"), "test_batch", words)
+
+
+def test_an_empty_test_set_is_an_error_not_zero_accuracy(tiny_data: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_data / FOLDER, tmp_path / FOLDER)
+    write_batch(tmp_path / FOLDER / "test_batch", np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, int), "empty")
+    assert_clean_error(cli("eval", "--data-dir", tmp_path, "--device", "cpu"), "holds no test images")
+    assert_clean_error(cli("train", "--data-dir", tmp_path, "--out", tmp_path / "o", *QUICK), "holds no test images")

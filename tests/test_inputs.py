@@ -242,3 +242,52 @@ def test_lr_find_says_when_it_cannot_suggest(tiny_data: Path, tmp_path: Path) ->
     assert said.exit_code == 0, (said.stderr, said.exception)
     assert "No suggested peak lr: the loss " in " ".join(said.stdout.split()) and "Suggested" not in said.stdout
     assert (tmp_path / "lr.png").stat().st_size > 1000
+
+
+# --- pictures as the user sees them --------------------------------------------------------------------
+
+def test_phone_photos_are_turned_upright_by_their_exif_orientation(tmp_path: Path) -> None:
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, :32] = (255, 0, 0)  # stored: red left, blue right
+    pixels[:, 32:] = (0, 0, 255)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": the camera was held upright
+    image.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    seen = load_image(tmp_path / "phone.jpg").astype(int)
+    assert seen[4, 16, 0] > 200 and seen[28, 16, 2] > 200  # viewed: red on top, blue below
+
+
+def test_16_bit_and_float_pictures_keep_their_real_range(tmp_path: Path) -> None:
+    grey16 = np.full((40, 40), 30_000, np.uint16)  # 46% grey, not white
+    Image.fromarray(grey16).save(tmp_path / "deep.png")
+    assert abs(int(load_image(tmp_path / "deep.png").mean()) - 117) <= 1
+    Image.fromarray(np.full((40, 40), 0.25, np.float32), mode="F").save(tmp_path / "float.tiff")
+    assert abs(int(load_image(tmp_path / "float.tiff").mean()) - 64) <= 1
+
+
+def test_decompression_bombs_and_special_files_are_refused(trained_run: Path, tmp_path: Path) -> None:
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "bomb.png")  # a few kB on disk, 100 megapixels
+    for picture, words in [(tmp_path / "bomb.png", "decompression bomb"), (Path("/dev/zero"), "not a regular file")]:
+        assert_clean_error(cli("predict", picture, "--checkpoint", trained_run / "best.safetensors"), words)
+        assert_clean_error(cli("augment-preview", "--image", picture, "--out", tmp_path / "p.png"), words)
+
+
+# --- malformed histories ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [
+    '[{"epoch": 1, "train_loss": null, "train_acc": 0.5, "test_loss": 1, "test_acc": 0.5, "lr": 0.1, '
+    '"seconds": 1, "images": 10}]',
+    '[{"epoch": "1", "train_loss": 1, "train_acc": 0.5, "test_loss": 1, "test_acc": 0.5, "lr": 0.1, '
+    '"seconds": 1, "images": 10}]',
+    '[{"epoch": 1, "train_loss": 1, "train_acc": 0.5, "test_loss": null, "test_acc": null, "lr": 0.1, '
+    '"seconds": 1, "images": 10}]',  # neither a test nor a held-out figure
+    '[{"epoch": 1, "train_loss": 1, "train_acc": 0.5, "test_loss": 1, "test_acc": 0.5, "lr": 0.1, "seconds": 1, '
+    '"images": 10}, {"epoch": 2, "train_loss": 1, "train_acc": 0.5, "test_loss": null, "test_acc": null, '
+    '"lr": 0.1, "seconds": 1, "images": 10, "val_loss": 1, "val_acc": 0.5}]',  # nothing measured in every epoch
+    "[" * 100_000 + "]" * 100_000, '"a string"', "[]", "[1, 2]", "{}"])
+def test_plot_refuses_malformed_histories_in_one_line(tmp_path: Path, content: str) -> None:
+    (tmp_path / "history.json").write_text(content)
+    result = cli("plot", tmp_path / "history.json", "--out", tmp_path / "c.png")
+    assert_clean_error(result, str(tmp_path / "history.json"))
+    assert not (tmp_path / "c.png").exists()

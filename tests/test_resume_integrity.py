@@ -8,11 +8,28 @@ plain --resume continues the run exactly as it began.
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import TRAIN_ARGS, assert_clean_error, cli, network_with_event, safetensors_header, write_network
+import torch
+from conftest import (
+    TRAIN_ARGS,
+    assert_clean_error,
+    cli,
+    network_with_event,
+    safetensors_header,
+    write_batch,
+    write_cifar,
+    write_network,
+)
+from PIL import Image
 from safetensors.torch import load_file, save_file
+
+from cifar_cli.data import FOLDER
+from cifar_cli.models import create_model, preset_spec
 
 
 def _forge(source: Path, target: Path, tensors: dict | None = None, **metadata: str) -> Path:
@@ -52,7 +69,6 @@ def planted(trained_run: Path, tmp_path: Path) -> tuple[Path, Path, str]:
 ])
 def test_no_command_imports_the_network_a_checkpoint_names(planted: tuple[Path, Path, str], tiny_data: Path,
                                                            tmp_path: Path, command: list[str]) -> None:
-    from PIL import Image
 
     forged, marker, evil = planted
     Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
@@ -66,7 +82,6 @@ def test_no_command_imports_the_network_a_checkpoint_names(planted: tuple[Path, 
 def test_a_spec_read_from_a_file_cannot_build_a_user_network(planted: tuple[Path, Path, str]) -> None:
     from cifar_cli.checkpoint import load_checkpoint
     from cifar_cli.errors import CifarError
-    from cifar_cli.models import create_model
 
     forged, marker, evil = planted
     with pytest.raises(CifarError, match="pass it yourself"):
@@ -205,11 +220,10 @@ def test_a_huge_integer_in_a_history_is_refused_by_plot_and_resume(trained_run: 
 
 def _other_training_images(tiny_data: Path, tmp_path: Path) -> Path:
     """The same test set, the same number of training images, but other ones: only a full fingerprint tells."""
-    import shutil
 
     from conftest import make_images, write_batch
 
-    from cifar_cli.data import FOLDER, load_split
+    from cifar_cli.data import load_split
 
     shutil.copytree(tiny_data / FOLDER, tmp_path / "other" / FOLDER)
     split = load_split(tiny_data, train=True)
@@ -234,11 +248,10 @@ def test_eval_held_out_refuses_data_whose_training_images_differ(tiny_data: Path
 
 
 def test_resume_refuses_another_test_set(tiny_data: Path, tmp_path: Path) -> None:
-    from conftest import make_images, write_batch
+    from conftest import make_images
 
     out, net = _stopped_run(tiny_data, tmp_path)
     other = _other_training_images(tiny_data, tmp_path)
-    import numpy as np
 
     from cifar_cli.data import FOLDER
     labels = np.arange(100) % 10
@@ -329,7 +342,6 @@ class Net(nn.Module):
 
 
 def test_eval_never_reports_a_nan_loss_as_a_result(tiny_data: Path, tmp_path: Path) -> None:
-    import torch
 
     from cifar_cli.checkpoint import Checkpoint, save_checkpoint
     from cifar_cli.models import create_model, resolve_model
@@ -354,9 +366,7 @@ def _unsafe_pickles(tmp_path: Path) -> dict[str, Path]:
     import datetime
     import io
     import os
-    import pickle
 
-    import numpy as np
     import torch
 
     class System:
@@ -391,9 +401,8 @@ def test_convert_never_repeats_advice_to_turn_safety_off(tmp_path: Path) -> None
 
 
 def test_convert_refuses_two_names_for_one_weight(tmp_path: Path) -> None:
-    import torch
 
-    from cifar_cli.models import create_model, preset_spec
+    from cifar_cli.models import create_model
 
     state = create_model(preset_spec()).state_dict()
     name = next(iter(state))
@@ -402,3 +411,11 @@ def test_convert_refuses_two_names_for_one_weight(tmp_path: Path) -> None:
     result = cli("convert", tmp_path / "clash.pth", tmp_path / "out.safetensors")
     assert_clean_error(result, repr(name), repr(f"module.{name}"))
     assert not (tmp_path / "out.safetensors").exists()
+
+
+# --- resume on other data -----------------------------------------------------------------------------
+
+def test_resume_on_other_data_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    other = write_cifar(tmp_path / "other", per_batch=50, seed=1)
+    assert_clean_error(cli("train", "--resume", trained_run / "last.safetensors", "--data-dir", other),
+                       "trained on other data", "300 training images", "holds 250")

@@ -343,3 +343,34 @@ def test_a_write_failing_at_the_end_of_an_epoch_leaves_a_consistent_run(name: st
     for file in ("best.safetensors", "last.safetensors"):
         a, b = load_checkpoint(out / file), load_checkpoint(tmp_path / "whole" / file)
         assert a.epoch == b.epoch and all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
+
+
+# --- a run is never written over -------------------------------------------------------------------
+
+def test_a_new_run_never_replaces_an_old_one(trained_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    before = (out / "last.safetensors").read_bytes()
+    assert_clean_error(cli("train", "--data-dir", tiny_data, "--out", out, *QUICK),
+                       "already holds a run", f"--resume {out / 'last.safetensors'}", "--overwrite")
+    assert (out / "last.safetensors").read_bytes() == before
+
+    replaced = cli("train", "--data-dir", tiny_data, "--out", out, "--overwrite", *QUICK)
+    assert replaced.exit_code == 0, replaced.stderr
+    assert len(json.loads((out / "history.json").read_text())) == 1
+
+
+def test_a_finished_run_has_nothing_to_resume_and_claims_no_files(trained_run: Path, tiny_data: Path,
+                                                                  tmp_path: Path) -> None:
+    result = cli("train", "--resume", trained_run / "last.safetensors", "--data-dir", tiny_data,
+                 "--out", tmp_path / "b")
+    assert_clean_error(result, "already finished its 6 epochs")
+    assert "Checkpoints" not in result.stdout and not (tmp_path / "b").exists()
+
+
+def test_stale_temp_files_of_ours_are_cleaned_at_the_next_start(tiny_data: Path, tmp_path: Path) -> None:
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / ".last.safetensors.k2j3h4.tmp").write_bytes(b"half a checkpoint, from a kill -9")
+    (tmp_path / ".notes.tmp").write_text("not ours")
+    assert cli("train", "--data-dir", tiny_data, "--out", tmp_path, *QUICK).exit_code == 0
+    assert not (tmp_path / ".last.safetensors.k2j3h4.tmp").exists() and (tmp_path / ".notes.tmp").exists()

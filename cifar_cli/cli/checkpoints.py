@@ -56,7 +56,7 @@ def eval_command(
     --model FILE.py:NAME again (a checkpoint is never a reason to import code).
     """
     from cifar_cli.report import confusion_table, per_class_table
-    from cifar_cli.run_state import images_to_judge
+    from cifar_cli.run_plan import images_to_judge
     from cifar_cli.training.evaluation import evaluate
 
     run = options.load(checkpoint)

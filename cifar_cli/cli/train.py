@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from cifar_cli.checkpoint import Checkpoint
     from cifar_cli.data import Split
-    from cifar_cli.run_state import RunPlan
+    from cifar_cli.run_plan import RunPlan
     from cifar_cli.runtime import Distributed, Runtime
 
 
@@ -152,7 +152,7 @@ def train(
     from cifar_cli.checkpoint import load_checkpoint
     from cifar_cli.models import source_changed
     from cifar_cli.run_folder import default_out_dir, resume_command
-    from cifar_cli.run_state import plan_run, read_run_data
+    from cifar_cli.run_plan import plan_run, read_run_data
     from cifar_cli.runtime import Runtime, init_distributed, resolve_device
 
     resume, data_dir = expand(resume), expand(data_dir)
