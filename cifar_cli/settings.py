@@ -68,8 +68,8 @@ class TrainSettings:
             raise CifarError(f"--epochs must be at most {MAX_EPOCHS:,}, not {self.epochs}")
         if not 1 <= self.batch_size <= MAX_SEED:
             raise CifarError(f"--batch-size must be at least 1 (and below 2**63), not {self.batch_size}")
-        if not 0 <= self.momentum < 1:  # not an option, but a checkpoint's settings may say anything
-            raise CifarError(f"momentum must be in [0, 1), not {self.momentum}")
+        if not 0 < self.momentum < 1:  # not an option, but a checkpoint's settings may say anything
+            raise CifarError(f"momentum must be in (0, 1): Nesterov SGD needs some; not {self.momentum}")
         if not 0 < self.lr <= MAX_LR:  # also refuses nan; past float32's range torch itself overflows
             raise CifarError(f"--lr must be a positive number up to {MAX_LR:g}, not {self.lr}")
         if not 0 <= self.seed <= MAX_SEED:

@@ -419,3 +419,17 @@ def test_resume_on_other_data_is_refused(trained_run: Path, tmp_path: Path) -> N
     other = write_cifar(tmp_path / "other", per_batch=50, seed=1)
     assert_clean_error(cli("train", "--resume", trained_run / "last.safetensors", "--data-dir", other),
                        "trained on other data", "300 training images", "holds 250")
+
+
+def test_a_checkpoint_asking_for_no_momentum_is_refused_in_one_line() -> None:
+    """Nesterov SGD needs momentum: a forged or hand-edited momentum of 0 is a one-line refusal, never
+    torch's ValueError from inside the optimizer (the fuzzer found it)."""
+    from dataclasses import replace
+
+    from cifar_cli.errors import CifarError
+    from cifar_cli.settings import DEFAULTS
+
+    for momentum in (0.0, 1.0, -0.1):
+        with pytest.raises(CifarError, match=r"momentum must be in \(0, 1\)"):
+            replace(DEFAULTS, momentum=momentum).validate()
+    replace(DEFAULTS, momentum=0.5).validate()
