@@ -25,6 +25,8 @@ def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 
 # The param-group fields the schedule moves each step; every other one follows from the run's settings.
 _GROUP_PROGRESS = ("lr", "momentum")
+# How the step is computed (the fused kernel on CUDA), not what it computes: the device of the resumed run decides.
+_GROUP_KERNEL = ("foreach", "fused")
 
 
 def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: Any, optimizer: torch.optim.Optimizer
@@ -62,6 +64,7 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: Any, optimizer: 
 
 def _param_group(group: Any, fresh: dict[str, Any], name: str) -> dict[str, Any]:
     group = schema.mapping(group, name)
+    group = {**group, **{key: fresh[key] for key in _GROUP_KERNEL if key in fresh}}
     for key, value in fresh.items():
         if key not in _GROUP_PROGRESS and group.get(key, value) != value:
             raise schema.Invalid(f"{name}.{key}", f"is {group.get(key)!r:.40}, but the run's settings give {value!r}")
@@ -70,3 +73,14 @@ def _param_group(group: Any, fresh: dict[str, Any], name: str) -> dict[str, Any]
     schema.number(checked["lr"], f"{name}.lr", 0.0, top * (1 + 1e-6))
     schema.number(checked.get("momentum", 0.0), f"{name}.momentum", 0.0, 1.0)
     return checked
+
+
+def match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's memory format (a checkpoint stores them
+    contiguous; a channels_last weight with a contiguous momentum buffer loses the multi-tensor step)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -18,7 +18,7 @@ from cifar_cli import schema
 from cifar_cli.checkpoint import Checkpoint
 from cifar_cli.data import Split, describe_identity, identify, same_images
 from cifar_cli.errors import CifarError
-from cifar_cli.optimizer_state import unflatten_optimizer
+from cifar_cli.optimizer_state import match_layouts, unflatten_optimizer
 from cifar_cli.records import EpochRecord, history_from_rows
 from cifar_cli.settings import TrainSettings
 
@@ -271,6 +271,7 @@ class Resume:
         try:
             optimizer.load_state_dict(unflatten_optimizer(self.checkpoint.optimizer_tensors, state.optimizer,
                                                           optimizer))
+            match_layouts(optimizer)
             scheduler.load_state_dict(_schedule(state.scheduler, scheduler.state_dict(),
                                                 state.steps_done(steps_per_epoch)))
             if state.scaler and scaler.is_enabled():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -17,7 +17,7 @@ import torch
 import torch.distributed as torch_dist
 
 from cifar_cli.errors import CifarError
-from cifar_cli.settings import AUGMENT_PLACES, DEVICES
+from cifar_cli.settings import AUGMENT_PLACES, DEVICES, EVAL_BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,14 @@ class Distributed:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def batch_share(self, batch_size: int) -> int:
+        """Each process's part of a step's `batch_size` images: --batch-size is the whole step's, so a run
+        takes the same steps, schedule and epochs on any number of GPUs."""
+        if batch_size % self.world:
+            raise CifarError(f"--batch-size {batch_size} is the whole step's batch, split evenly among the "
+                             f"{self.world} processes: give a multiple of {self.world}")
+        return batch_size // self.world
 
 
 def sum_across(dist: Distributed, device: torch.device, *values: torch.Tensor | float) -> list[torch.Tensor]:
@@ -58,6 +66,21 @@ def min_across(dist: Distributed, value: torch.Tensor) -> torch.Tensor:
     if dist.world > 1:
         torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MIN)
     return value
+
+
+def once_per_machine(dist: Distributed, work: Callable[[], None]) -> None:
+    """Run `work` (a download into a shared folder) in one process per machine, local rank 0, while the
+    others wait for it. Its error is raised after the wait: the others then find its work missing."""
+    failure: BaseException | None = None
+    if dist.world == 1 or local_rank() == 0:
+        try:
+            work()
+        except Exception as e:  # noqa: BLE001 - raised below, once every process has stopped waiting
+            failure = e
+    if dist.world > 1:
+        torch_dist.barrier()
+    if failure is not None:
+        raise failure
 
 
 def local_rank() -> int:
@@ -99,7 +122,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise CifarError("--device cuda: CUDA is not available on this machine (try --device auto or cpu)")
+        raise CifarError(cuda_missing(torch.version.cuda))
     if name == "mps" and not has_mps:
         raise CifarError("--device mps: Apple MPS is not available on this machine (try --device auto or cpu)")
     if name == "cuda":
@@ -110,6 +133,23 @@ def resolve_device(name: str) -> torch.device:
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device(name)
+
+
+# The oldest Linux NVIDIA driver each CUDA major version runs on (NVIDIA's minor-version compatibility).
+_DRIVER_FOR_CUDA = {"11": "450.80", "12": "525.60", "13": "580.65"}
+
+
+def cuda_missing(built_for: str | None) -> str:
+    """Why --device cuda cannot run, in one line, for a torch built for CUDA `built_for` (torch.version.cuda;
+    None: a CPU-only build): the driver may be too old for it."""
+    if built_for is None:
+        return ("--device cuda: this torch is a CPU-only build; install a CUDA build (see docs/gpu.md), or use "
+                "--device auto or cpu")
+    driver = _DRIVER_FOR_CUDA.get(built_for.split(".")[0])
+    needs = f", which needs NVIDIA driver >= {driver}" if driver else ""
+    return (f"--device cuda: CUDA is not available on this machine; this torch is built for CUDA {built_for}"
+            f"{needs} (nvidia-smi shows yours); for an older driver install an older CUDA build of torch (see "
+            "docs/gpu.md), or use --device cpu")
 
 
 def available_cpus() -> int:
@@ -137,6 +177,31 @@ def autocast_dtype(device_type: str, capability: tuple[int, int] | None, amp: bo
     return None
 
 
+PRETEND_CAPABILITY = "CIFAR_PRETEND_CAPABILITY"  # e.g. "7.5": test a T4's fp16 path on a newer card
+
+
+def capability_in_use(real: tuple[int, int]) -> tuple[int, int]:
+    """The card's compute capability, or the lower one $CIFAR_PRETEND_CAPABILITY pretends (never a higher one:
+    that would choose a dtype the card lacks)."""
+    pretend = os.environ.get(PRETEND_CAPABILITY, "").strip()
+    if not pretend:
+        return real
+    major, dot, minor = pretend.partition(".")
+    if not (major.isdigit() and minor.isdigit() and dot):
+        raise CifarError(f"${PRETEND_CAPABILITY}={pretend[:20]!r}: expected a compute capability like 7.5")
+    return min(real, (int(major), int(minor)))
+
+
+def weakest_capability(dist: Distributed, device: torch.device) -> tuple[int, int] | None:
+    """The lowest compute capability among all processes' GPUs (alone: this one's; None off CUDA), so that
+    every process autocasts alike: fp16-scaled and bf16 gradients must not be averaged together."""
+    if device.type != "cuda":
+        return None
+    major, minor = capability_in_use(torch.cuda.get_device_capability(device))
+    weakest = int(min_across(dist, torch.tensor(major * 1000 + minor, device=device)).item())
+    return divmod(weakest, 1000)
+
+
 @dataclass(frozen=True)
 class Runtime:
     """How a run executes. On the CPU only `augment_on` changes the result: the two augmentation paths
@@ -157,9 +222,9 @@ class Runtime:
             return self.workers
         return 0 if device.type == "cpu" else min(8, max(1, available_cpus() // dist.local_world - 1))
 
-    def amp_dtype(self, device: torch.device) -> torch.dtype | None:
-        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-        return autocast_dtype(device.type, capability, self.amp)
+    def amp_dtype(self, device: torch.device, dist: Distributed | None = None) -> torch.dtype | None:
+        """The autocast dtype of a run on `device`; under torchrun every process must call it together."""
+        return autocast_dtype(device.type, weakest_capability(dist or Distributed(), device), self.amp)
 
     def configure(self, device: torch.device, dist: Distributed) -> None:
         """Process-wide settings for a run on `device`; refuses --compile where it cannot build."""
@@ -173,6 +238,18 @@ class Runtime:
             torch.set_num_threads(max(1, available_cpus() // dist.local_world))
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+
+
+def eval_batch_size(device: torch.device) -> int:
+    """Images per evaluation forward pass: on CUDA large enough that the card, not the launches, sets the
+    pace; on the CPU the size its results were measured with (it changes speed, not results)."""
+    return 2048 if device.type == "cuda" else EVAL_BATCH_SIZE
+
+
+def out_of_memory(device: torch.device | str, where: str = "") -> CifarError:
+    """The one line for a device that ran out of memory."""
+    return CifarError(f"{device} ran out of memory{where}; try a smaller --batch-size, or free the memory "
+                      "other programs hold on it")
 
 
 def memory_format(device: torch.device) -> torch.memory_format:

@@ -22,7 +22,9 @@ class ShadowWeights:
         pairs = list(zip(model.state_dict().values(), self.model.state_dict().values()))
         self._sources = [s for s, _ in pairs if s.is_floating_point()]
         self._targets = [t for s, t in pairs if s.is_floating_point()]
-        self._counters = [(s, t) for s, t in pairs if not s.is_floating_point()]  # BatchNorm's batch count
+        # BatchNorm's batch counts, copied as they are
+        self._counter_sources = [s for s, _ in pairs if not s.is_floating_point()]
+        self._counter_targets = [t for s, t in pairs if not s.is_floating_point()]
 
     def update(self, steps_done: int) -> None:
         """Called after every optimizer step with the run's step count so far."""
@@ -30,9 +32,10 @@ class ShadowWeights:
 
     def _pull(self, decay: float) -> None:
         """Move the copy toward the trained weights by 1 - decay."""
+        # One multi-tensor launch each, not one per tensor.
         torch._foreach_lerp_(self._targets, self._sources, 1 - decay)
-        for source, target in self._counters:
-            target.copy_(source)
+        if self._counter_targets:
+            torch._foreach_copy_(self._counter_targets, self._counter_sources)
 
 
 class WeightAverage(ShadowWeights):
