@@ -37,8 +37,9 @@ def eval_command(
     checkpoint: Annotated[Path | None, typer.Argument(
         help="A .safetensors checkpoint written by cifar train [default: the one shipped with cifar-cli].",
         dir_okay=False, show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", min=1, help="Images per forward pass; changes speed, not results.")] = EVAL_BATCH_SIZE,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, show_default=f"{EVAL_BATCH_SIZE}; 2048 on CUDA",
+        help="Images per forward pass; changes speed, not results.")] = None,
     images: Annotated[EvalImages, typer.Option(
         "--images", help="The test set; the training images it learned from, without augmentation (how closely "
                          "the network fits them, next to how well it generalises); or the images a --val-split "
@@ -57,12 +58,14 @@ def eval_command(
     """
     from cifar_cli.report import confusion_table, per_class_table
     from cifar_cli.run_plan import images_to_judge
+    from cifar_cli.runtime import Runtime
     from cifar_cli.training.evaluation import evaluate
 
     run = options.load(checkpoint)
     split = images_to_judge(run.ckpt, images.value, options.data_root, options.download)
     result = evaluate(run.network, split, run.device, batch_size=batch_size, classes=run.ckpt.classes,
-                      mean=run.ckpt.mean, std=run.ckpt.std, tta=run.tta, name=str(run.path))
+                      mean=run.ckpt.mean, std=run.ckpt.std, tta=run.tta, name=str(run.path),
+                      amp_dtype=Runtime().amp_dtype(run.device))
     if as_json:
         print_json({"checkpoint": str(run.path), "epoch": run.ckpt.epoch, "images": len(split),
                     "images_from": images.value, "tta": run.tta, **result.to_dict()})
@@ -91,11 +94,13 @@ def predict(
     import numpy as np
 
     from cifar_cli.pictures import load_image
+    from cifar_cli.runtime import Runtime
     from cifar_cli.training.evaluation import predict as class_probabilities
 
     run = options.load(checkpoint)
     pixels = np.stack([load_image(p) for p in images])
-    probs = class_probabilities(run.network, pixels, run.device, run.ckpt.mean, run.ckpt.std, tta=run.tta)
+    probs = class_probabilities(run.network, pixels, run.device, run.ckpt.mean, run.ckpt.std, tta=run.tta,
+                                amp_dtype=Runtime().amp_dtype(run.device))
     best = probs.topk(min(top, probs.shape[1]), dim=1)
     results = [{"image": str(p), "top": [{"class": run.ckpt.classes[i], "probability": float(v)}
                                           for v, i in zip(values.tolist(), indices.tolist())]}

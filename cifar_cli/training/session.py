@@ -35,7 +35,7 @@ from cifar_cli.run_folder import (
     write_settings,
 )
 from cifar_cli.run_state import EpochTotals, RunState
-from cifar_cli.training.evaluation import evaluate
+from cifar_cli.training.evaluation import DeviceSplit, evaluate
 from cifar_cli.training.trainer import Trainer
 
 
@@ -80,8 +80,8 @@ class Session:
     stop: StopSignals = field(default_factory=StopSignals)
 
 
-def judge_epoch(session: Session, totals: EpochTotals, test_split: Split | None, held_out: Split | None,
-                seconds: float) -> EpochRecord:
+def judge_epoch(session: Session, totals: EpochTotals, test_split: Split | DeviceSplit | None,
+                held_out: Split | DeviceSplit | None, seconds: float) -> EpochRecord:
     """Evaluate the epoch's weights, keep the best, save history.json, best and last.safetensors (rank 0 only).
 
     Raises NonFinite, before anything is written, when the weights, BatchNorm statistics or optimizer state
@@ -94,7 +94,7 @@ def judge_epoch(session: Session, totals: EpochTotals, test_split: Split | None,
     if (bad := first_non_finite(tensors)) is not None:
         raise NonFinite(f"{bad} became NaN or infinite")
 
-    def measured(split: Split | None) -> EvalResult | None:
+    def measured(split: Split | DeviceSplit | None) -> EvalResult | None:
         return None if split is None else evaluate(
             trainer.eval_model, split, trainer.device, amp_dtype=trainer.amp_dtype, tta=trainer.settings.tta,
             name=f"epoch {totals.epoch}'s network", stopping=lambda: session.stop.received is not None)
