@@ -190,6 +190,7 @@ def fails_cleanly(command: Callable) -> Callable:
     the command ran (a user's network) ending the program: SystemExit, or a KeyboardInterrupt that no real
     Ctrl-C caused. Under --json, stdout holds the JSON alone: whatever else prints goes to stderr.
 
+    The device running out of memory becomes one line too (training saves first: training.loop).
     Under torchrun every process meets the same error; only the first one says it.
     """
 
@@ -211,9 +212,20 @@ def fails_cleanly(command: Callable) -> Callable:
             if isinstance(e, KeyboardInterrupt) and signal_arrived():
                 raise
             error(_ended_by_code(e, kwargs.get("model")))
+        except RuntimeError as e:
+            if not _out_of_memory(e):
+                raise
+            from cifar_cli.runtime import out_of_memory
+
+            error(str(out_of_memory("the device")))
         raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # loaded by whatever ran out of memory
+    return torch is not None and isinstance(e, torch.OutOfMemoryError)
 
 
 def _ended_by_code(e: BaseException, model: str | None) -> str:

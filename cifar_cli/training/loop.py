@@ -29,9 +29,18 @@ from cifar_cli.models.spec import user_code
 from cifar_cli.records import TrainResult
 from cifar_cli.run_folder import LAST, StopSignals
 from cifar_cli.run_state import EpochTotals, Resume, RunChoices, RunState, check_data
-from cifar_cli.runtime import Distributed, Runtime, compile_errors, gather_across, min_across, sum_across
+from cifar_cli.runtime import (
+    Distributed,
+    Runtime,
+    compile_errors,
+    gather_across,
+    memory_format,
+    min_across,
+    out_of_memory,
+    sum_across,
+)
 from cifar_cli.settings import TrainSettings
-from cifar_cli.training.evaluation import EvaluationStopped, autocast, to_device
+from cifar_cli.training.evaluation import DeviceSplit, EvaluationStopped, autocast, resident, to_device
 from cifar_cli.training.session import (
     Session,
     Silent,
@@ -54,6 +63,14 @@ class _StopRequested(Exception):
     """Raised inside an epoch when all processes agreed to stop; carries where the epoch had got to."""
 
     def __init__(self, totals: EpochTotals):
+        self.totals = totals
+
+
+class _OutOfMemory(Exception):
+    """Raised inside an epoch when the device ran out of memory; carries where the epoch had got to before
+    the step that failed (None in a group of processes, which cannot agree on a save with one of them gone)."""
+
+    def __init__(self, totals: EpochTotals | None):
         self.totals = totals
 
 
@@ -82,7 +99,10 @@ def draw_blend(trainer: Trainer, epoch: int, step: int, size: int) -> Blend | No
     if rng.random() >= trainer.plan.augmentation_left(epoch, step - 1):
         return None
     own = float(rng.beta(trainer.settings.mixup, trainer.settings.mixup))
-    return Blend(own, torch.from_numpy(rng.permutation(size)).to(trainer.device))
+    partner = torch.from_numpy(rng.permutation(size))
+    if trainer.device.type == "cuda":  # pinned, the copy does not wait for the device to catch up
+        partner = partner.pin_memory()
+    return Blend(own, partner.to(trainer.device, non_blocking=True))
 
 
 def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, epoch: int,
@@ -94,7 +114,7 @@ def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, epo
     x, y = to_device(images, device), labels.to(device, non_blocking=True)
     blend = draw_blend(trainer, epoch, step, len(y))
     if blend is not None:
-        x = blend.own * x + (1 - blend.own) * x[blend.partner]
+        x = (blend.own * x + (1 - blend.own) * x[blend.partner]).contiguous(memory_format=memory_format(device))
     if trainer.compiled:
         # Compiled: the batch size is a variable, so an epoch's smaller last batch reuses the graph instead
         # of compiling a second one. Only this dimension: compile(dynamic=True) would give the batch and a
@@ -124,7 +144,8 @@ def train_one_epoch(trainer: Trainer, start: EpochTotals, stop: StopSignals,
     """Train on this process's share of one epoch from `start`; returns the totals of all processes.
 
     Raises _StopRequested when a stop signal arrived (alone: after this step; in a group: at the next
-    log step, where all processes agree), and _Diverged when the loss became non-finite.
+    log step, where all processes agree), _Diverged when the loss became non-finite, _OutOfMemory when the
+    device ran out of memory.
     """
     epoch, dist, device = start.epoch, trainer.dist, trainer.device
     trainer.plan.set_epoch(epoch, start.batches)
@@ -136,26 +157,40 @@ def train_one_epoch(trainer: Trainer, start: EpochTotals, stop: StopSignals,
     correct = torch.tensor(carried.correct, device=device)
     seen = carried.seen
     first_bad = torch.zeros((), dtype=torch.int64, device=device)
-    for step, (images, labels) in enumerate(trainer.loader, start=start.batches + 1):
-        loss, logits, y = train_step(trainer, images, labels, epoch, step)
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
-        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
-
-        asked_alone = stop.received is not None and dist.world == 1
-        if not (step % LOG_EVERY == 0 or step == trainer.steps_per_epoch or asked_alone):
-            continue
-        bad, stopping, *sums = sum_across(dist, device, first_bad > 0, float(stop.received or 0), loss_sum,
-                                          correct, seen)
-        if bad.item():
-            raise _Diverged(_first_bad_step(trainer, first_bad))
-        totals = EpochTotals(epoch, step, sums[0].item(), int(sums[1].item()), int(sums[2].item()))
-        observer.step(step, totals.loss_sum / totals.seen, totals.correct / totals.seen)
-        if stopping.item():
-            raise _StopRequested(replace(totals, shares=gather_across(dist, device, loss_sum, correct, seen)))
+    done, out_of_memory = start.batches, False
+    try:
+        for step, (images, labels) in enumerate(trainer.loader, start=start.batches + 1):
+            loss, logits, y = train_step(trainer, images, labels, epoch, step)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step, first_bad)
+            done = step
+            asked_alone = stop.received is not None and dist.world == 1
+            if step % LOG_EVERY == 0 or step == trainer.steps_per_epoch or asked_alone:
+                _log_step(trainer, observer, EpochTotals(epoch, step), stop, first_bad, loss_sum, correct, seen)
+    except torch.OutOfMemoryError:
+        out_of_memory = True  # raised below, once the error's traceback (which holds the step's tensors) is gone
+    if out_of_memory:
+        alone = dist.world == 1 and not first_bad.item()
+        raise _OutOfMemory(EpochTotals(epoch, done, loss_sum.item(), int(correct.item()), seen) if alone else None)
     loss_sum, correct, seen = sum_across(dist, device, loss_sum, correct, seen)
     return EpochTotals(epoch, trainer.steps_per_epoch, loss_sum.item(), int(correct.item()), int(seen.item()))
+
+
+def _log_step(trainer: Trainer, observer: TrainObserver, at: EpochTotals, stop: StopSignals,
+              first_bad: torch.Tensor, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> None:
+    """A log step, the loop's one wait on the device: all processes add up their sums, report progress, and
+    stop together if any saw a non-finite loss (_Diverged) or a stop signal (_StopRequested)."""
+    dist, device = trainer.dist, trainer.device
+    bad, stopping, *sums = sum_across(dist, device, first_bad > 0, float(stop.received or 0), loss_sum,
+                                      correct, seen)
+    if bad.item():
+        raise _Diverged(_first_bad_step(trainer, first_bad))
+    totals = EpochTotals(at.epoch, at.batches, sums[0].item(), int(sums[1].item()), int(sums[2].item()))
+    observer.step(at.batches, totals.loss_sum / totals.seen, totals.correct / totals.seen)
+    if stopping.item():
+        raise _StopRequested(replace(totals, shares=gather_across(dist, device, loss_sum, correct, seen)))
 
 
 def _first_bad_step(trainer: Trainer, first_bad: torch.Tensor) -> int:
@@ -189,6 +224,7 @@ def train(
     if test_split is None and not settings.val_split:
         raise CifarError("train() needs a test split or a held-out slice (settings.val_split) to judge epochs by")
     runtime, dist, out_dir = runtime or Runtime(), dist or Distributed(), Path(out_dir)
+    dist.batch_share(settings.batch_size)  # refused before anything starts if it does not divide
     observer = observer if (observer is not None and dist.main) else Silent()
     resumed = Resume.read(resume, settings) if resume is not None else None
     state = resumed.state if resumed is not None else RunState(settings)
@@ -210,12 +246,15 @@ def train(
             session.replaced = prepare_out_dir(stack, session, len(test_split) if test_split is not None else 0,
                                                overwrite)
         stack.enter_context(session.stop)
+        # Only rank 0 evaluates; on CUDA its splits stay on the card for the whole run.
+        judged = [resident(split, device) if dist.main else split for split in (test_split, held_out)]
         for epoch in range(session.first_epoch, settings.epochs + 1):
-            _run_epoch(session, epoch, test_split, held_out)
+            _run_epoch(session, epoch, *judged)
     return TrainResult(state.history, out_dir, state.best_epoch, state.best_acc)
 
 
-def _run_epoch(session: Session, epoch: int, test_split: Split | None, held_out: Split | None) -> None:
+def _run_epoch(session: Session, epoch: int, test_split: Split | DeviceSplit | None,
+               held_out: Split | DeviceSplit | None) -> None:
     """Train epoch `epoch`, judge it (rank 0), and stop after it if a signal asked (all processes agree)."""
     trainer, stop, settings = session.trainer, session.stop, session.trainer.settings
     started = time.perf_counter()
@@ -229,16 +268,32 @@ def _run_epoch(session: Session, epoch: int, test_split: Split | None, held_out:
     except _Diverged as bad:
         raise CifarError(f"training diverged: the loss became non-finite at epoch {epoch}, step {bad.step}; "
                          f"{what_is_left(session, epoch)}; try a lower --lr (now {settings.lr})") from None
+    except _OutOfMemory as at:
+        raise _ran_out_of_memory(session, epoch, at.totals) from None
     if trainer.dist.main:
         _judge(session, totals, test_split, held_out, time.perf_counter() - started)
     if sum_across(trainer.dist, trainer.device, float(stop.received or 0))[0].item() and epoch < settings.epochs:
         raise TrainingInterrupted(stop.received or signal.SIGTERM, session.out_dir / LAST, epoch + 1, 0)
 
 
-def _judge(session: Session, totals: EpochTotals, test_split: Split | None, held_out: Split | None,
-           seconds: float) -> None:
+def _ran_out_of_memory(session: Session, epoch: int, at: EpochTotals | None) -> CifarError:
+    """The one line for a run whose device ran out of memory, after saving where it had got to if it can
+    (alone: the steps before the one that failed, or a finished epoch not yet judged)."""
+    trainer = session.trainer
+    if at is None:
+        kept = what_is_left(session, epoch)
+    else:
+        saved = stopped(session, at)
+        kept = saved.kept if saved.checkpoint is None else (
+            f"saved {saved.checkpoint} at epoch {at.epoch}, step {at.batches}, which --resume continues from")
+    return out_of_memory(trainer.device, f" at epoch {epoch} with --batch-size {trainer.settings.batch_size}; {kept}")
+
+
+def _judge(session: Session, totals: EpochTotals, test_split: Split | DeviceSplit | None,
+           held_out: Split | DeviceSplit | None, seconds: float) -> None:
     """Rank 0: judge and save the epoch, then let go of the run --overwrite replaced. A stop during the
-    evaluation saves the epoch unjudged (a resume judges it first) and tells the waiting processes."""
+    evaluation saves the epoch unjudged (a resume judges it first) and tells the waiting processes; so does
+    running out of memory, which then says so in one line."""
     epoch, trainer = totals.epoch, session.trainer
     try:
         record = judge_epoch(session, totals, test_split, held_out, seconds)
@@ -249,6 +304,10 @@ def _judge(session: Session, totals: EpochTotals, test_split: Split | None, held
     except NonFinite as bad:
         raise CifarError(f"training diverged at epoch {epoch}: {bad}; {what_is_left(session, epoch)}; "
                          f"try a lower --lr (now {trainer.settings.lr})") from None
+    except torch.OutOfMemoryError:
+        record = None  # the epoch is saved unjudged below, once the error's traceback is gone
+    if record is None:
+        raise _ran_out_of_memory(session, epoch, totals)
     session.observer.epoch_end(record)
     if session.replaced is not None and session.replaced.pending:
         session.replaced.drop()  # this run has its first checkpoint: the one it replaces goes
