@@ -143,6 +143,13 @@ def download(data_dir: Path) -> None:
         raise CifarError(f"could not download CIFAR-10 into {data_dir}: {e}") from None
 
 
+def ensure_downloaded(data_dir: Path) -> None:
+    """Download the dataset into `data_dir` unless all its batch files are there."""
+    folder = dataset_folder(data_dir)
+    if not all((folder / name).is_file() for name in (*TRAIN_BATCHES, *TEST_BATCHES)):
+        download(Path(data_dir).expanduser())
+
+
 def load_split(data_dir: Path, train: bool, download_missing: bool = False) -> Split:
     """Read the training (50,000) or test split from `data_dir`/cifar-10-batches-py."""
     folder = dataset_folder(data_dir)

@@ -11,11 +11,11 @@ import torch
 
 from cifar_cli import schema
 from cifar_cli.checkpoint import Checkpoint
-from cifar_cli.data import Split, eval_split, load_split
+from cifar_cli.data import Split, ensure_downloaded, eval_split, load_split
 from cifar_cli.errors import CifarError
 from cifar_cli.models import ModelSpec, choose_network
 from cifar_cli.run_state import RunChoices, RunState, fingerprints, left_test_out, named, recorded_settings
-from cifar_cli.runtime import Runtime
+from cifar_cli.runtime import Distributed, Runtime, once_per_machine
 from cifar_cli.settings import DEFAULTS, TrainSettings
 
 
@@ -65,11 +65,16 @@ def plan_run(checkpoint: Checkpoint | None, options: dict[str, Any], test: bool 
     return RunPlan(settings, choices, network, tuple(notes))
 
 
-def read_run_data(plan: RunPlan, data_dir: Path, download: bool) -> tuple[Split, Split | None]:
+def read_run_data(plan: RunPlan, data_dir: Path, download: bool,
+                  dist: Distributed | None = None) -> tuple[Split, Split | None]:
     """The images a run reads: the training set, and the test set unless the run leaves it out (its
-    choices, a resumed run's as it began); the settings are checked against the training set's size."""
-    train_split = load_split(data_dir, train=True, download_missing=download)
-    test_split = load_split(data_dir, train=False, download_missing=download) if plan.choices.test else None
+    choices, a resumed run's as it began); the settings are checked against the training set's size.
+    `download`: fetched first if missing, under torchrun by one process per machine while the others wait
+    (all writing one archive would mangle it)."""
+    if download:
+        once_per_machine(dist or Distributed(), lambda: ensure_downloaded(data_dir))
+    train_split = load_split(data_dir, train=True)
+    test_split = load_split(data_dir, train=False) if plan.choices.test else None
     plan.settings.validate(len(train_split))
     return train_split, test_split
 

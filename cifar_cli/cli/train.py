@@ -86,7 +86,9 @@ class RichTrainObserver:
 @fails_cleanly
 def train(
     epochs: setting_option("epochs", "--epochs", "Epochs to train.") = None,
-    batch_size: setting_option("batch_size", "--batch-size", "Images per step (per process under torchrun).") = None,
+    batch_size: setting_option("batch_size", "--batch-size", "Images per step. Under torchrun, the whole step's: "
+                                "split evenly among the processes, so a run takes the steps and schedule of one "
+                                "GPU.") = None,
     lr: setting_option("lr", "--lr", "Peak learning rate of the one-cycle schedule.", float) = None,
     seed: setting_option("seed", "--seed", "Random seed; the same seed gives the same result on the CPU.") = None,
     val_split: setting_option("val_split", "--val-split", "Hold out this many training images (the same ones for "
@@ -171,7 +173,7 @@ def train(
         for note in plan.notes:
             err.print(f"note: {literal(note)}", soft_wrap=True)
     out_dir = expand(out_dir) or default_out_dir(resume)
-    train_split, test_split = read_run_data(plan, data_dir_or_default(data_dir), download)
+    train_split, test_split = read_run_data(plan, data_dir_or_default(data_dir), download, dist)
     console = err if as_json else out
     if dist.main:
         test_size = len(test_split) if test_split is not None else None
