@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import signal
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,13 @@ import torch
 from conftest import SignalAt, cli
 
 from cifar_cli.checkpoint import load_checkpoint
-from cifar_cli.runtime import Runtime, autocast_dtype
+from cifar_cli.models import create_model, preset_spec
+from cifar_cli.runtime import PRETEND_CAPABILITY, Distributed, Runtime, autocast_dtype
 from cifar_cli.settings import TrainSettings
-from cifar_cli.training.loop import train
+from cifar_cli.training.evaluation import evaluate, resident
+from cifar_cli.training.loop import train, train_step
 from cifar_cli.training.session import TrainingInterrupted
+from cifar_cli.training.trainer import build_trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 SETTINGS = TrainSettings(epochs=3, batch_size=16, lr=0.05, seed=2)
@@ -71,3 +76,45 @@ def test_bf16_is_never_chosen_below_ampere() -> None:
     capability = torch.cuda.get_device_capability()
     dtype = Runtime().amp_dtype(torch.device("cuda"))
     assert dtype == (torch.bfloat16 if capability >= (8, 0) else torch.float16 if capability >= (7, 0) else None)
+
+
+def _sync_warnings(work: Callable[[], object]) -> list[str]:
+    """The host-device waits `work` makes, as torch's sync debug mode reports them."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            work()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+
+
+@pytest.mark.parametrize("pretend", ["", "7.5"])  # the card's dtype, and the T4's fp16 with its loss scaler
+def test_training_steps_never_wait_for_the_device(splits: tuple, pretend: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PRETEND_CAPABILITY, pretend)
+    cuda = torch.device("cuda")
+    trainer = build_trainer(TrainSettings(epochs=1, batch_size=32, mixup=0.2), preset_spec(), splits[0], cuda,
+                            Runtime(augment_on="device"), Distributed())
+    assert (trainer.amp_dtype == torch.float16) == (pretend == "7.5" or torch.cuda.get_device_capability() < (8, 0))
+    assert trainer.optimizer.defaults["fused"] is True
+    trainer.plan.set_epoch(1)
+    batches = [(images.clone(), labels.clone()) for images, labels in trainer.loader]
+    train_step(trainer, *batches[0], 1, 1)  # the first step allocates the scaler's and optimizer's state
+
+    def steps() -> None:
+        for step, (images, labels) in enumerate(batches[1:], start=2):
+            train_step(trainer, images, labels, 1, step)
+
+    assert _sync_warnings(steps) == []
+
+
+def test_an_evaluation_waits_for_the_device_once(splits: tuple) -> None:
+    cuda = torch.device("cuda")
+    model = create_model(preset_spec()).to(cuda, memory_format=torch.channels_last)
+    test = resident(splits[1], cuda)
+    dtype = Runtime().amp_dtype(cuda)
+    waits = _sync_warnings(lambda: evaluate(model, test, cuda, batch_size=16, amp_dtype=dtype))
+    assert len(waits) == 1, waits  # the result read back at the end, however many batches
