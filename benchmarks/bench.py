@@ -135,7 +135,7 @@ def step_rate(device: torch.device, ours: bool, steps: int = 20, batch: int = 12
     model = create_model(spec or preset_spec())
     fmt = memory_format(device) if ours else torch.contiguous_format
     model.to(device, memory_format=fmt)
-    optimizer = sgd(model, DEFAULTS) if ours else torch.optim.SGD(
+    optimizer = sgd(model, DEFAULTS, device) if ours else torch.optim.SGD(
         model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
     labels = torch.randint(0, 10, (batch,), device=device)
