@@ -87,6 +87,8 @@ def evaluate(model: nn.Module, split: Split | DeviceSplit, device: torch.device,
     `batch_size` None: eval_batch_size. Nothing waits on the device until the end: the confusion matrix is
     counted into fixed bins (torch.bincount would read the labels' range back to the host every batch).
     """
+    if isinstance(split, Split):
+        split = resident(split, device)
     was_training = model.training
     model.eval()
     n = len(classes)
