@@ -385,7 +385,7 @@ def images_per_s(split, device, batch: int, timed: int, workers: int | None) -> 
     from cifar_cli.settings import DEFAULTS
 
     plan = EpochBatches(len(split), batch, seed=0, odds=DEFAULTS.augment_odds)
-    batches = iter(DeviceBatches(split, plan, device_augment.augment, device) if workers is None else DataLoader(
+    batches = iter(DeviceBatches(split, plan, device_augment.augment_chunk, device) if workers is None else DataLoader(
         AugmentedBatches(split, BatchAugmenter(train_pipeline(plan.odds))), batch_sampler=plan,
         collate_fn=whole_batch, num_workers=workers))
     next(batches)
@@ -401,21 +401,31 @@ def whole_batch(batch: tuple) -> tuple:
     return batch  # AugmentedBatches serves whole batches
 
 
-def augment_ms(split, device, batch: int, reps: int) -> float:  # noqa: ANN001 - a Split and a torch.device
-    """Augmentation alone, ms per batch already on the device."""
+def augment_ms(split, device, batch: int, reps: int) -> dict:  # noqa: ANN001 - a Split and a torch.device
+    """Augmentation alone, ms per batch already on the device: a batch a call, and as the device path
+    does it, a chunk of batches a call."""
     import torch
 
     from cifar_cli import device_augment
+    from cifar_cli.data import batches_per_chunk
     from cifar_cli.settings import DEFAULTS
 
-    images = torch.from_numpy(split.images[:batch]).to(device).permute(0, 3, 1, 2)
-    device_augment.augment(images, 0, DEFAULTS.augment_odds)
-    wait(device)
-    started = time.perf_counter()
-    for seed in range(reps):
-        device_augment.augment(images, seed, DEFAULTS.augment_odds)
-    wait(device)
-    return round(1000 * (time.perf_counter() - started) / reps, 3)
+    per_chunk = batches_per_chunk(device, batch)
+    images = torch.from_numpy(split.images[:batch * per_chunk]).to(device).permute(0, 3, 1, 2)
+    odds, figures = DEFAULTS.augment_odds, {"batches_per_chunk": per_chunk}
+    calls = {"alone": lambda seed: device_augment.augment(images[:batch], seed, odds),
+             "in_chunks": lambda seed: device_augment.augment_chunk(
+                 images, [(seed * per_chunk + k, batch, odds) for k in range(per_chunk)])}
+    for name, call in calls.items():
+        call(0)
+        wait(device)
+        started, count = time.perf_counter(), max(1, reps // (per_chunk if name == "in_chunks" else 1))
+        for seed in range(count):
+            call(seed)
+        wait(device)
+        done = count * (per_chunk if name == "in_chunks" else 1)
+        figures[name] = round(1000 * (time.perf_counter() - started) / done, 3)
+    return figures
 
 
 def eval_rates(split, device) -> dict:  # noqa: ANN001 - a Split and a torch.device
