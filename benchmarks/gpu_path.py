@@ -44,7 +44,7 @@ def sync(device: torch.device) -> None:
 def device_rate(split: Split, device: torch.device, batches: int) -> float:
     """Images/s of DeviceBatches: index, augment and hand over batches that live on the device."""
     plan = EpochBatches(len(split), 128, seed=0, odds=DEFAULTS.augment_odds)
-    it = iter(DeviceBatches(split, plan, device_augment.augment, device))
+    it = iter(DeviceBatches(split, plan, device_augment.augment_chunk, device))
     next(it)  # the upload of the training set is start-up, not throughput
     sync(device)
     started, count = time.perf_counter(), 0

@@ -17,18 +17,23 @@ of the spec (each measured in tests/test_device_augment.py):
   0.2) and beta = 255 * U(-0.2, 0.2).
 
 Parameters are drawn with numpy from the batch's seed, on the CPU, so a batch's augmentation is the same
-on every device and a resumed run repeats it exactly; the pixels are then worked on where they live.
+on every device and a resumed run repeats it exactly; the warp's matrices are inverted there too. The pixels
+are then worked on where they live. On a GPU, where a batch's work is dozens of tiny kernels and the launches
+set the pace, `augment_chunk` augments several batches in one go (each still from its own seed): their
+parameters packed in one array, uploaded once, and each operation launched once for the lot.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from cifar_cli.augment import BRIGHTNESS, CONTRAST, FLIP_P, HOLE_SIZE, MEAN_PIXEL, ROTATE, SCALE, SHIFT
+from cifar_cli.data import upload
 from cifar_cli.settings import AugmentOdds
 
 BORDER_FILL = tuple(int(np.round(v)) for v in MEAN_PIXEL)  # OpenCV's saturate_cast rounds the border value
@@ -51,6 +56,26 @@ class AugmentParams:
     def to(self, device: torch.device) -> AugmentParams:
         return AugmentParams(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 
+    def packed(self) -> np.ndarray:
+        """The parameters as one float32 N x PACKED array (`pack`), for one upload."""
+        return pack(**{f.name: getattr(self, f.name).cpu().numpy() for f in fields(self)})
+
+
+# The columns of a packed draw: flip, warp, hole, tone (0 or 1), the hole's corner x, y, alpha, beta, and
+# the destination-to-source matrix's six entries. float32 holds each exactly as the pipeline uses it: the
+# flags and corners are small integers, alpha and beta are float32, the warp samples with a float32 matrix.
+FLAGS, CORNER, ALPHA, BETA, INVERSE, PACKED = slice(0, 4), slice(4, 6), 6, 7, slice(8, 14), 14
+
+
+def pack(flip: np.ndarray, warp: np.ndarray, matrix: np.ndarray, hole: np.ndarray, corner: np.ndarray,
+         tone: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    packed = np.empty((len(flip), PACKED), np.float32)
+    packed[:, FLAGS] = np.stack([flip, warp, hole, tone], 1)
+    packed[:, CORNER] = corner
+    packed[:, ALPHA], packed[:, BETA] = alpha, beta
+    packed[:, INVERSE] = invert(matrix).reshape(-1, 6)
+    return packed
+
 
 def affine_matrix(shift: np.ndarray, scale: np.ndarray, angle: np.ndarray, size: int) -> np.ndarray:
     """Albumentations' Affine matrix, N x 2 x 3: centre, scale (x, y), rotate `angle` degrees, shift, uncentre."""
@@ -63,38 +88,67 @@ def affine_matrix(shift: np.ndarray, scale: np.ndarray, angle: np.ndarray, size:
     return np.concatenate([linear, offset[:, :, None]], axis=2)
 
 
-def draw(count: int, seed: int, odds: AugmentOdds, size: int = 32) -> AugmentParams:
-    """The parameters of `count` images, from the distributions Albumentations samples them from, each
-    transform applied at its `odds`."""
+def invert(matrix: np.ndarray) -> np.ndarray:
+    """The destination-to-source matrices of N x 2 x 3 source-to-destination ones, in double as
+    cv2.warpAffine inverts them (a singular one gives zeros, as there)."""
+    a, b, c, d, e, f = (matrix[:, i, j].astype(np.float64) for i in range(2) for j in range(3))
+    det = a * e - b * d
+    with np.errstate(divide="ignore"):
+        scale = np.where(det != 0, 1 / np.where(det != 0, det, 1), 0.0)
+    ia, ib, id_, ie = e * scale, -b * scale, -d * scale, a * scale
+    return np.stack([np.stack([ia, ib, -ia * c - ib * f], -1), np.stack([id_, ie, -id_ * c - ie * f], -1)], -2)
+
+
+def _draws(count: int, seed: int, odds: AugmentOdds, size: int) -> dict[str, np.ndarray]:
+    """The parameters of `count` images, as numpy arrays, from the batch's own random stream."""
     rng = np.random.default_rng(seed)
     shift = np.trunc(rng.uniform(-SHIFT, SHIFT, (count, 2)) * size)  # int(): towards zero, whole pixels
     matrix = affine_matrix(shift, rng.uniform(*SCALE, (count, 2)), rng.uniform(-ROTATE, ROTATE, count), size)
-    return AugmentParams(
-        flip=torch.from_numpy(rng.random(count) < FLIP_P),
-        warp=torch.from_numpy(rng.random(count) < odds.affine),
-        matrix=torch.from_numpy(matrix),
-        hole=torch.from_numpy(rng.random(count) < odds.cutout),
-        corner=torch.from_numpy(rng.integers(0, size - HOLE_SIZE + 1, (count, 2))),
-        tone=torch.from_numpy(rng.random(count) < odds.tone),
-        alpha=torch.from_numpy(1 + rng.uniform(-CONTRAST, CONTRAST, count)).float(),
-        beta=torch.from_numpy(255 * rng.uniform(-BRIGHTNESS, BRIGHTNESS, count)).float(),
+    return dict(
+        flip=rng.random(count) < FLIP_P,
+        warp=rng.random(count) < odds.affine,
+        matrix=matrix,
+        hole=rng.random(count) < odds.cutout,
+        corner=rng.integers(0, size - HOLE_SIZE + 1, (count, 2)),
+        tone=rng.random(count) < odds.tone,
+        alpha=(1 + rng.uniform(-CONTRAST, CONTRAST, count)).astype(np.float32),
+        beta=(255 * rng.uniform(-BRIGHTNESS, BRIGHTNESS, count)).astype(np.float32),
     )
+
+
+def draw(count: int, seed: int, odds: AugmentOdds, size: int = 32) -> AugmentParams:
+    """The parameters of `count` images, from the distributions Albumentations samples them from, each
+    transform applied at its `odds`."""
+    return AugmentParams(**{name: torch.from_numpy(values) for name, values in _draws(count, seed, odds, size).items()})
 
 
 def apply(images: torch.Tensor, p: AugmentParams) -> torch.Tensor:
     """The pipeline on uint8 N x 3 x H x W images (any layout, any device), parameters already drawn."""
-    def chosen(mask: torch.Tensor) -> torch.Tensor:
-        return mask.view(-1, 1, 1, 1)
-
-    images = torch.where(chosen(p.flip), images.flip(3), images)
-    images = torch.where(chosen(p.warp), warp_affine(images, p.matrix, BORDER_FILL), images)
-    images = cut_hole(images, p.hole, p.corner, HOLE_FILL)
-    return torch.where(chosen(p.tone), adjust_tone(images, p.alpha, p.beta), images)
+    return apply_packed(images, upload(p.packed(), images.device))
 
 
 def augment(images: torch.Tensor, seed: int, odds: AugmentOdds) -> torch.Tensor:
     """Draw a batch's parameters from its seed and apply them where the images are."""
-    return apply(images, draw(len(images), seed, odds, images.shape[-1]).to(images.device))
+    return augment_chunk(images, [(seed, len(images), odds)])
+
+
+def augment_chunk(images: torch.Tensor, batches: Sequence[tuple[int, int, AugmentOdds]]) -> torch.Tensor:
+    """Several batches, one after the other in `images`, augmented in one go: each batch of `count` images
+    has its parameters drawn from its own `seed` at its `odds` (so each is what `augment` gives it alone),
+    all of them uploaded at once, and each operation launched once for the lot rather than once a batch."""
+    size = images.shape[-1]
+    packed = np.concatenate([pack(**_draws(count, seed, odds, size)) for seed, count, odds in batches])
+    return apply_packed(images, upload(packed, images.device))
+
+
+def apply_packed(images: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """The pipeline on uint8 N x 3 x H x W images, by packed parameters already where the images are."""
+    flags = packed[:, FLAGS].view(-1, 4, 1, 1, 1) > 0.5
+    flip, warp, hole, tone = flags.unbind(1)
+    images = torch.where(flip, images.flip(3), images)
+    images = torch.where(warp, warp_inverse(images, packed[:, INVERSE], BORDER_FILL), images)
+    images = cut_hole(images, hole.view(-1), packed[:, CORNER].long(), HOLE_FILL)
+    return torch.where(tone, adjust_tone(images, packed[:, ALPHA], packed[:, BETA]), images)
 
 
 @functools.lru_cache(maxsize=16)
@@ -104,49 +158,53 @@ def _constant(values: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     return torch.tensor(values, dtype=dtype, device=device)
 
 
+@functools.lru_cache(maxsize=16)
+def _grid(h: int, w: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixel rows (1 x H x 1) and columns (1 x 1 x W), made once per device."""
+    return (torch.arange(h, device=device, dtype=dtype).view(1, h, 1),
+            torch.arange(w, device=device, dtype=dtype).view(1, 1, w))
+
+
 def _inverse(matrix: torch.Tensor) -> torch.Tensor:
-    """The destination-to-source matrices, inverted in double as cv2.warpAffine does."""
-    m = matrix.double()
-    a, b, c, d, e, f = (m[:, i, j] for i in range(2) for j in range(3))
-    det = a * e - b * d
-    scale = torch.where(det != 0, 1 / det, torch.zeros_like(det))
-    ia, ib, id_, ie = e * scale, -b * scale, -d * scale, a * scale
-    return torch.stack([torch.stack([ia, ib, -ia * c - ib * f], -1),
-                        torch.stack([id_, ie, -id_ * c - ie * f], -1)], -2)
+    """`invert` for a tensor of matrices: float64 destination-to-source matrices."""
+    return torch.from_numpy(invert(matrix.cpu().numpy()))
 
 
 def warp_affine(images: torch.Tensor, matrix: torch.Tensor, fill: tuple[int, ...]) -> torch.Tensor:
     """cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT) of each uint8 image by its source-to-destination
     matrix. OpenCV 5 samples at float32 positions and blends in float32; so does this."""
+    inverse = torch.from_numpy(invert(matrix.cpu().numpy()).astype(np.float32))
+    return warp_inverse(images, inverse.to(images.device), fill)
+
+
+def warp_inverse(images: torch.Tensor, inverse: torch.Tensor, fill: tuple[int, ...]) -> torch.Tensor:
+    """`warp_affine` by float32 destination-to-source matrices (N x 2 x 3, or N x 6)."""
     n, c, h, w = images.shape
-    inverse = _inverse(matrix).float().view(n, 2, 3, 1, 1)
-    ys = torch.arange(h, device=images.device, dtype=torch.float32).view(1, h, 1)
-    xs = torch.arange(w, device=images.device, dtype=torch.float32).view(1, 1, w)
+    inverse = inverse.reshape(n, 2, 3, 1, 1)
+    ys, xs = _grid(h, w, torch.float32, images.device)
     sx = inverse[:, 0, 0] * xs + inverse[:, 0, 1] * ys + inverse[:, 0, 2]
     sy = inverse[:, 1, 0] * xs + inverse[:, 1, 1] * ys + inverse[:, 1, 2]
     x0, y0 = sx.floor(), sy.floor()
     fx, fy = (sx - x0).unsqueeze(1), (sy - y0).unsqueeze(1)
+    # The images inside a one-pixel frame of the border value: a position outside the image, clamped into
+    # the frame, reads the border, so the four neighbours of every position are one gather.
+    framed = _constant(fill, torch.float32, images.device).view(1, c, 1, 1).repeat(n, 1, h + 2, w + 2)
+    framed[:, :, 1:-1, 1:-1] = images
     x0, y0 = x0.long(), y0.long()
-    flat = images.reshape(n, c, h * w)
-    border = _constant(fill, torch.float32, images.device).view(1, c, 1, 1)
-
-    def pixel(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        inside = ((xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)).unsqueeze(1)
-        index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).view(n, 1, h * w).expand(n, c, h * w)
-        return torch.where(inside, flat.gather(2, index).view(n, c, h, w).float(), border)
-
-    top_left, top_right = pixel(y0, x0), pixel(y0, x0 + 1)
-    bottom_left, bottom_right = pixel(y0 + 1, x0), pixel(y0 + 1, x0 + 1)
-    top = top_left + fx * (top_right - top_left)
-    bottom = bottom_left + fx * (bottom_right - bottom_left)
-    return (top + fy * (bottom - top)).round_().clamp_(0, 255).to(torch.uint8)  # round(): half to even, as cvRound
+    left, right = x0.clamp(-1, w) + 1, (x0 + 2).clamp(0, w + 1)
+    top, bottom = (y0.clamp(-1, h) + 1) * (w + 2), (y0 + 2).clamp(0, h + 1) * (w + 2)
+    index = torch.stack([top + left, top + right, bottom + left, bottom + right], 1).view(n, 1, 4 * h * w)
+    corners = framed.view(n, c, -1).gather(2, index.expand(n, c, 4 * h * w)).view(n, c, 4, h, w)
+    top_left, top_right, bottom_left, bottom_right = corners.unbind(2)
+    upper = top_left + fx * (top_right - top_left)
+    lower = bottom_left + fx * (bottom_right - bottom_left)
+    return (upper + fy * (lower - upper)).round_().clamp_(0, 255).to(torch.uint8)  # round(): half to even, as cvRound
 
 
 def cut_hole(images: torch.Tensor, chosen: torch.Tensor, corner: torch.Tensor, fill: tuple[int, ...]) -> torch.Tensor:
     """CoarseDropout: a HOLE_SIZE square at each chosen image's corner (x, y), filled with `fill`."""
     n, c, h, w = images.shape
-    xs = torch.arange(w, device=images.device).view(1, 1, w)
-    ys = torch.arange(h, device=images.device).view(1, h, 1)
+    ys, xs = _grid(h, w, torch.int64, images.device)
     x, y = corner[:, 0].view(n, 1, 1), corner[:, 1].view(n, 1, 1)
     inside = (xs >= x) & (xs < x + HOLE_SIZE) & (ys >= y) & (ys < y + HOLE_SIZE) & chosen.view(n, 1, 1)
     value = _constant(fill, torch.uint8, images.device).view(1, c, 1, 1)

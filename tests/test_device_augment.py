@@ -25,9 +25,10 @@ import torch
 from conftest import REAL_DATA
 from scipy.stats import ks_2samp
 
+from cifar_cli import data
 from cifar_cli import device_augment as D
 from cifar_cli.augment import CONTRAST, HOLE_SIZE, train_pipeline
-from cifar_cli.data import load_split
+from cifar_cli.data import DeviceBatches, EpochBatches, load_split
 from cifar_cli.settings import DEFAULTS, AugmentOdds
 
 
@@ -246,6 +247,34 @@ def test_a_batch_is_augmented_the_same_from_the_same_seed_and_differently_from_a
     assert not torch.equal(D.augment(images, 11, odds), D.augment(images, 12, odds))
     channels_last = images.contiguous(memory_format=torch.channels_last)
     assert torch.equal(D.augment(channels_last, 11, odds), D.augment(images.contiguous(), 11, odds))
+
+
+def test_a_chunk_of_batches_gives_each_batch_what_it_gets_alone():
+    """The device path augments several batches in one call (a GPU's launches shared); each batch is still
+    drawn from its own seed, so a resumed run, whose first chunk begins elsewhere, sees the same pixels."""
+    images = torch.from_numpy(natural_images(150)).permute(0, 3, 1, 2)
+    batches = [(21, 64, DEFAULTS.augment_odds), (22, 64, AugmentOdds(1.0, 1.0, 1.0)), (23, 22, AugmentOdds(0.1, 0, 1))]
+    chunk = D.augment_chunk(images, batches)
+    alone = [D.augment(part, seed, odds) for part, (seed, _, odds) in zip(images.split([64, 64, 22]), batches)]
+    assert torch.equal(chunk, torch.cat(alone))
+
+
+def test_the_device_path_serves_chunks_as_the_batches_of_the_plan(monkeypatch: pytest.MonkeyPatch,
+                                                                   splits: tuple) -> None:
+    """On a GPU, DeviceBatches augments a chunk of batches at a time; on the CPU one batch a call. Both serve
+    the plan's batches, each with its labels, the same at any start (a resumed epoch's)."""
+    split = splits[0]
+    plan = EpochBatches(len(split), 32, seed=3, odds=DEFAULTS.augment_odds)
+    plan.set_epoch(2, start=1)
+    one_by_one = list(DeviceBatches(split, plan, D.augment_chunk, torch.device("cpu")))
+    monkeypatch.setattr(data, "batches_per_chunk", lambda device, batch_size: 4)  # a GPU's chunks, on the CPU
+    chunked = list(DeviceBatches(split, plan, D.augment_chunk, torch.device("cpu")))
+    assert len(chunked) == len(one_by_one) == plan.batches_per_epoch() - 1
+    for (images, labels), (expected_images, expected_labels), (seed, indices, odds) in zip(chunked, one_by_one, plan):
+        assert torch.equal(labels, expected_labels) and torch.equal(labels, torch.from_numpy(split.labels[indices]))
+        assert torch.equal(images, expected_images)
+        original = torch.from_numpy(split.images[indices]).permute(0, 3, 1, 2)
+        assert torch.equal(images, D.augment(original, seed, odds))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -146,7 +146,7 @@ def _batches(split: Split, plan: EpochBatches, device: torch.device, runtime: Ru
 
     Each batch's augmentation odds come with it from the plan, so workers need no word of the schedule."""
     if runtime.augments_on_device(device):
-        return DeviceBatches(split, plan, device_augment.augment, device)
+        return DeviceBatches(split, plan, device_augment.augment_chunk, device)
     workers = runtime.loader_workers(device, dist)
     return DataLoader(
         AugmentedBatches(split, BatchAugmenter(train_pipeline(plan.odds))),
