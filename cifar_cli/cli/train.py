@@ -30,6 +30,7 @@ from cifar_cli.cli.options import (
     fails_cleanly,
     out,
     print_json,
+    say,
     setting_option,
     warn_if_changed,
 )
@@ -136,7 +137,8 @@ def train(
         "--out", show_default="runs/<date-time>, or the resumed checkpoint's folder",
         help="Folder for checkpoints, history.json and settings.json.", file_okay=False)] = None,
     resume: Annotated[Path | None, typer.Option(
-        "--resume", help="Continue the run saved in this last.safetensors.", dir_okay=False)] = None,
+        "--resume", help="Continue the run saved in this last.safetensors, or in this run folder (its "
+        "last.safetensors).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace the run already in --out (without it, a run there is never written over). The "
         "old run is kept in --out/.replaced until the new run saves its first checkpoint (at the end of its first "
@@ -151,11 +153,11 @@ def train(
     """
     from cifar_cli.checkpoint import load_checkpoint
     from cifar_cli.models import source_changed
-    from cifar_cli.run_folder import default_out_dir, resume_command
+    from cifar_cli.run_folder import RESUME, checkpoint_in, default_out_dir, resume_command
     from cifar_cli.run_plan import plan_run, read_run_data
     from cifar_cli.runtime import Runtime, init_distributed, resolve_device
 
-    resume, data_dir = expand(resume), expand(data_dir)
+    data_dir, (resume, resumed_note) = expand(data_dir), checkpoint_in(resume, RESUME) if resume else (None, None)
     checkpoint = load_checkpoint(resume, model) if resume else None
     torch_device = resolve_device(DeviceName(device).value)
     plan = plan_run(checkpoint, dict(
@@ -168,6 +170,7 @@ def train(
         warn_if_changed(plan.network, checkpoint, source_changed(checkpoint.model, plan.network))
     dist = init_distributed(torch_device)
     if dist.main:
+        say(resumed_note)
         for note in plan.notes:
             err.print(f"note: {literal(note)}", soft_wrap=True)
     out_dir = expand(out_dir) or default_out_dir(resume)
