@@ -128,9 +128,10 @@ class CheckpointOptions:
         run_folder.checkpoint_in), its network on the device (a user network needs the user's --model), and
         the TTA choice (the training default unless given)."""
         from cifar_cli.checkpoint import PACKAGED_CHECKPOINT, load_checkpoint, model_from_checkpoint
-        from cifar_cli.models import choose_network, source_changed
+        from cifar_cli.models import source_changed
         from cifar_cli.run_folder import checkpoint_in
         from cifar_cli.runtime import resolve_device
+        from cifar_cli.trust import network_for
 
         if path is None:
             if not PACKAGED_CHECKPOINT.is_file():
@@ -140,7 +141,7 @@ class CheckpointOptions:
         path, note = checkpoint_in(path, purpose)
         say(note)
         ckpt = load_checkpoint(path, self.model)  # expands ~ itself
-        spec = choose_network(self.model, ckpt.model, path)
+        spec = network_for(self.model, ckpt.model, say, path)
         warn_if_changed(spec, ckpt, source_changed(ckpt.model, spec))
         network = model_from_checkpoint(ckpt, path, given=spec)
         torch_device = resolve_device(DeviceName(self.device).value)
@@ -151,7 +152,7 @@ class CheckpointOptions:
 def say(line: str | None) -> None:
     """A line about what the command is doing (which file a run folder meant, ...), on stderr: under --json,
     stdout holds the JSON alone."""
-    if line:
+    if line and os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
         err.print(literal(line), soft_wrap=True)
 
 
