@@ -145,5 +145,5 @@ def setting_problem(name: str, value: Any) -> str | None:
     wanted = bool if isinstance(default, bool) else (int, float) if isinstance(default, float) else int
     if isinstance(value, bool) != (wanted is bool) or not isinstance(value, wanted):
         kind = {bool: "true or false", int: "an integer"}.get(wanted, "a number")
-        return f"must be {kind}, not {value!r}"
+        return f"must be {kind}, not {repr(value)[:80]}"
     return None

@@ -66,7 +66,7 @@ def read_settings_file(path: Path) -> SettingsFile:
         choices["test"] = False  # settings.json of a --no-test run: it read no test image
     model = data.get("model")
     if model is not None and not isinstance(model, (str, dict)):
-        raise CifarError(f"{path}: 'model' must be a network's name (a preset or FILE.py:NAME), not {model!r}")
+        raise CifarError(f"{path}: 'model' must be a network's name (a preset or FILE.py:NAME), not {repr(model)[:80]}")
     return SettingsFile(path, settings, model, choices)
 
 
@@ -111,10 +111,10 @@ def _choice(path: Path, key: str, value: Any) -> Any:
         if value is None or value in ("bfloat16", "float16"):  # what settings.json records: what ran
             return None
         if not isinstance(value, bool):
-            raise CifarError(f"{path}: amp must be true or false, not {value!r}")
+            raise CifarError(f"{path}: amp must be true or false, not {repr(value)[:80]}")
         return value
     if key == "test" and not isinstance(value, bool):
-        raise CifarError(f"{path}: test must be true or false, not {value!r}")
+        raise CifarError(f"{path}: test must be true or false, not {repr(value)[:80]}")
     if key == "augment_on" and value not in AUGMENT_PLACES:
-        raise CifarError(f"{path}: augment_on must be one of {', '.join(AUGMENT_PLACES)}, not {value!r}")
+        raise CifarError(f"{path}: augment_on must be one of {', '.join(AUGMENT_PLACES)}, not {repr(value)[:80]}")
     return value

@@ -72,19 +72,19 @@ def _entry(row: Any) -> Entry:
     return Entry(row["path"], row["name"], row["sha256"])
 
 
-def remember(spec: ModelSpec, path: Path | None = None) -> str | None:
+def remember(spec: ModelSpec, path: Path | None = None) -> list[str]:
     """Record a user network file that train imported because the user typed it (a spec from resolve_model);
-    presets, package modules and specs read from files are not recorded. Returns a warning line, if any: a
-    damaged store is kept beside the new one (as .damaged), and a store that cannot be written costs the run
-    nothing but this."""
+    presets, package modules and specs read from files are not recorded. Returns the lines to tell the user:
+    that it is remembered, and warnings (a damaged store is kept beside the new one, as .damaged; a store
+    that cannot be written costs the run nothing but a warning)."""
     file = source_file(spec.name)
     if spec.is_preset or not spec.typed or file is None or not spec.source_sha256:
-        return None
+        return []
     path = path or store_path()
     entries, warning = read_store(path)
     entry = Entry(str(file), spec.name.rpartition(":")[2], spec.source_sha256)
     if entry in entries:
-        return warning
+        return [warning] if warning else []
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if warning:
@@ -93,9 +93,11 @@ def remember(spec: ModelSpec, path: Path | None = None) -> str | None:
         write_atomic(path, (json.dumps({"networks": [asdict(e) for e in [*entries, entry]]}, indent=1)
                             + "\n").encode())
     except (OSError, CifarError) as e:
-        return f"warning: cannot record {file} in the trust store {path} ({getattr(e, 'strerror', None) or e}); " \
-            "checkpoints of this run will need --model"
-    return warning
+        return [*([warning] if warning else []), f"warning: cannot record {file} in the trust store {path} "
+                f"({getattr(e, 'strerror', None) or e}); checkpoints of this run will need --model"]
+    return [*([warning] if warning else []),
+            f"remembered {shown(file)}:{entry.name} as trained here (sha256 {entry.sha256[:12]}..., in {path}): "
+            "its checkpoints run without --model while the file is unchanged"]
 
 
 def _sha256_of(path: Path) -> str | None:

@@ -51,6 +51,7 @@ def mine(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     finally:
         os.environ["XDG_CONFIG_HOME"] = saved
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    assert f"remembered {home / 'mynet.py'}:Net as trained here" in " ".join(result.stderr.split())
     yield Trained(home / "run", home / "mynet.py", (config / STORE).read_text())
 
 

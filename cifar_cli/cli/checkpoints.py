@@ -54,7 +54,8 @@ def eval_command(
     those its --val-split run held out).
 
     A checkpoint of a preset rebuilds its network from the file alone; one of your own network needs
-    --model FILE.py:NAME again (a checkpoint is never a reason to import code).
+    --model FILE.py:NAME again (a checkpoint is never a reason to import code), unless it is a file you
+    trained here and have not changed since.
     """
     from cifar_cli.report import confusion_table, per_class_table
     from cifar_cli.run_folder import JUDGE, RUN_RECORD

@@ -179,7 +179,8 @@ def train(
         warn_if_changed(plan.network, checkpoint, source_changed(checkpoint.model, plan.network))
     dist = init_distributed(torch_device)
     if dist.main:
-        say(remember(plan.network))  # a network file the user typed is trusted from now on (cifar_cli.trust)
+        for line in remember(plan.network):  # a network file the user typed is trusted from now on (trust.py)
+            say(line)
         for note in plan.notes:
             err.print(f"note: {literal(note)}", soft_wrap=True)
     out_dir = expand(out_dir) or default_out_dir(resume)
