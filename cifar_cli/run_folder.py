@@ -29,6 +29,34 @@ _NAMES = "names"  # in REPLACED: which of RUN_FILES the old run had, written bef
 MAX_HISTORY_BYTES = 64 * 2**20  # a 10,000-epoch history is about 3 MB
 
 
+# What a run folder means where a checkpoint is asked for, by what it is for, each file in order of preference.
+# Weights to judge (eval, predict, mistakes, gradcam) are the best epoch's, else the last epoch's where the run
+# kept no best; a run to continue (train --resume) and what only the run's own state records (the images it
+# held out or trained on) are in last.safetensors.
+JUDGE, RESUME, RUN_RECORD = "judge", "resume", "run record"
+NATURAL_FILES = {JUDGE: (BEST, LAST), RESUME: (LAST,), RUN_RECORD: (LAST,)}
+
+
+def checkpoint_in(path: Path, purpose: str) -> tuple[Path, str | None]:
+    """The checkpoint `path` means for `purpose` (JUDGE, RESUME or RUN_RECORD): a file is itself; a run folder
+    means its natural file (NATURAL_FILES). Returns the file and, for a folder, a line saying which it is."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return path, None
+    wanted = NATURAL_FILES[purpose]
+    for name in wanted:
+        if (path / name).is_file():
+            instead = f" (it has no {wanted[0]})" if name != wanted[0] else ""
+            return path / name, f"run folder {path}: using {path / name}{instead}"
+    try:
+        there = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+    except OSError as e:
+        raise CifarError(f"cannot read the folder {path}: {e.strerror or e}") from None
+    held = ", ".join(there[:8]) + (", ..." if len(there) > 8 else "") if there else "nothing"
+    raise CifarError(f"{path} is a folder without {' or '.join(wanted)}, so not a run folder to "
+                     f"{'resume' if purpose == RESUME else 'read a checkpoint from'}; it holds {held}")
+
+
 def default_out_dir(resume: Path | None) -> Path:
     """Where a run writes when --out is not given: the resumed checkpoint's folder, else runs/<date-time>."""
     return resume.parent if resume else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")

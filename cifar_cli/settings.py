@@ -136,9 +136,14 @@ SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"lookahead": 0.0, "affine_p": 0.
 
 def _well_typed(settings: TrainSettings) -> bool:
     """Every field holds its kind of value (ints stay ints; a float field also takes an int; flags are bools)."""
-    for f in fields(settings):
-        value, default = getattr(settings, f.name), f.default
-        wanted = bool if isinstance(default, bool) else (int, float) if isinstance(default, float) else int
-        if isinstance(value, bool) != (wanted is bool) or not isinstance(value, wanted):
-            return False
-    return True
+    return all(setting_problem(f.name, getattr(settings, f.name)) is None for f in fields(settings))
+
+
+def setting_problem(name: str, value: Any) -> str | None:
+    """What is wrong with `value` as the setting `name`, in words ('must be an integer, not '3''), or None."""
+    default = next(f.default for f in fields(TrainSettings) if f.name == name)
+    wanted = bool if isinstance(default, bool) else (int, float) if isinstance(default, float) else int
+    if isinstance(value, bool) != (wanted is bool) or not isinstance(value, wanted):
+        kind = {bool: "true or false", int: "an integer"}.get(wanted, "a number")
+        return f"must be {kind}, not {repr(value)[:80]}"
+    return None

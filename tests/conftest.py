@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,18 @@ from cifar_cli.data import CLASSES, FOLDER, load_split
 _DATA_DIR = os.environ.pop("CIFAR_DATA_DIR", None)
 REAL_DATA = Path(_DATA_DIR) if _DATA_DIR and (Path(_DATA_DIR) / FOLDER / "test_batch").is_file() else None
 NO_REAL_DATA = "the full CIFAR-10 is not there: set CIFAR_DATA_DIR to the folder holding cifar-10-batches-py"
+# The trust store of networks trained here (cifar_cli.trust) lives under $XDG_CONFIG_HOME: never the user's
+# own. Fixtures shared by several tests record into this folder; each test reads its own, empty one.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="cifar-tests-config-")
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], True)
+
+
+@pytest.fixture(autouse=True)
+def own_trust_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty config folder for each test: what one test trains is not trusted in the next."""
+    config = tmp_path_factory.mktemp("config")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    return config
 
 # Each class gets its own colour and stripe direction, plus noise: learnable in a few epochs, like a
 # memorisable subset of the real thing, yet every image is different.

@@ -35,8 +35,9 @@ class EvalImages(str, Enum):
 @runs_checkpoint()
 def eval_command(
     checkpoint: Annotated[Path | None, typer.Argument(
-        help="A .safetensors checkpoint written by cifar train [default: the one shipped with cifar-cli].",
-        dir_okay=False, show_default=False)] = None,
+        help="A .safetensors checkpoint written by cifar train, or its run folder (its best.safetensors; with "
+        "--images train or held-out, its last.safetensors) [default: the one shipped with cifar-cli].",
+        show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", min=1, show_default=f"{EVAL_BATCH_SIZE}; 2048 on CUDA",
         help="Images per forward pass; changes speed, not results.")] = None,
@@ -54,14 +55,16 @@ def eval_command(
     those its --val-split run held out).
 
     A checkpoint of a preset rebuilds its network from the file alone; one of your own network needs
-    --model FILE.py:NAME again (a checkpoint is never a reason to import code).
+    --model FILE.py:NAME again (a checkpoint is never a reason to import code), unless it is a file you
+    trained here and have not changed since.
     """
     from cifar_cli.report import confusion_table, per_class_table
+    from cifar_cli.run_folder import JUDGE, RUN_RECORD
     from cifar_cli.run_plan import images_to_judge
     from cifar_cli.runtime import Runtime
     from cifar_cli.training.evaluation import evaluate
 
-    run = options.load(checkpoint)
+    run = options.load(checkpoint, JUDGE if images is EvalImages.test else RUN_RECORD)
     split = images_to_judge(run.ckpt, images.value, options.data_root, options.download)
     result = evaluate(run.network, split, run.device, batch_size=batch_size, classes=run.ckpt.classes,
                       mean=run.ckpt.mean, std=run.ckpt.std, tta=run.tta, name=str(run.path),

@@ -59,12 +59,11 @@ Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (results a
 TTA = Annotated[bool | None, typer.Option(
     "--tta/--no-tta", show_default="on" if DEFAULTS.tta else "off",
     help="Flip test-time augmentation: average the logits of each image and its mirror image.")]
+CHECKPOINT_HELP = "A .safetensors checkpoint written by cifar train, or its run folder (its best.safetensors)."
 CheckpointPath = Annotated[Path | None, typer.Option(
-    "--checkpoint", "-c", dir_okay=False, show_default="the one shipped with cifar-cli",
-    help="A .safetensors checkpoint written by cifar train.")]
+    "--checkpoint", "-c", show_default="the one shipped with cifar-cli", help=CHECKPOINT_HELP)]
 CheckpointArg = Annotated[Path | None, typer.Argument(
-    help="A .safetensors checkpoint written by cifar train.", dir_okay=False,
-    show_default="the one shipped with cifar-cli")]
+    help=CHECKPOINT_HELP, show_default="the one shipped with cifar-cli")]
 
 
 def setting_option(name: str, flag: str, help: str, kind: type = int) -> Any:
@@ -124,25 +123,37 @@ class CheckpointOptions:
     def data_root(self) -> Path:
         return data_dir_or_default(self.data_dir)
 
-    def load(self, path: Path | None) -> Loaded:
-        """The checkpoint (the packaged one by default), its network on the device (a user network needs
-        the user's --model), and the TTA choice (the training default unless given)."""
+    def load(self, path: Path | None, purpose: str = "judge") -> Loaded:
+        """The checkpoint (the packaged one by default; a run folder's natural file for `purpose`, see
+        run_folder.checkpoint_in), its network on the device (a user network needs the user's --model), and
+        the TTA choice (the training default unless given)."""
         from cifar_cli.checkpoint import PACKAGED_CHECKPOINT, load_checkpoint, model_from_checkpoint
-        from cifar_cli.models import choose_network, source_changed
+        from cifar_cli.models import source_changed
+        from cifar_cli.run_folder import checkpoint_in
         from cifar_cli.runtime import resolve_device
+        from cifar_cli.trust import network_for
 
         if path is None:
             if not PACKAGED_CHECKPOINT.is_file():
                 raise CifarError(f"no checkpoint given and the packaged one is missing ({PACKAGED_CHECKPOINT}); "
                                  "pass a .safetensors file written by cifar train")
             path = PACKAGED_CHECKPOINT
+        path, note = checkpoint_in(path, purpose)
+        say(note)
         ckpt = load_checkpoint(path, self.model)  # expands ~ itself
-        spec = choose_network(self.model, ckpt.model, path)
+        spec = network_for(self.model, ckpt.model, say, path)
         warn_if_changed(spec, ckpt, source_changed(ckpt.model, spec))
         network = model_from_checkpoint(ckpt, path, given=spec)
         torch_device = resolve_device(DeviceName(self.device).value)
         tta = DEFAULTS.tta if self.tta is None else self.tta
         return Loaded(path, ckpt, network.to(torch_device), torch_device, tta)
+
+
+def say(line: str | None) -> None:
+    """A line about what the command is doing (which file a run folder meant, ...), on stderr: under --json,
+    stdout holds the JSON alone."""
+    if line and os.environ.get("RANK", "0") == "0":  # under torchrun, the first process speaks for all
+        err.print(literal(line), soft_wrap=True)
 
 
 def warn_if_changed(spec: Any, ckpt: Checkpoint, changed: bool) -> None:

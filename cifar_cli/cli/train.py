@@ -30,6 +30,7 @@ from cifar_cli.cli.options import (
     fails_cleanly,
     out,
     print_json,
+    say,
     setting_option,
     warn_if_changed,
 )
@@ -138,7 +139,16 @@ def train(
         "--out", show_default="runs/<date-time>, or the resumed checkpoint's folder",
         help="Folder for checkpoints, history.json and settings.json.", file_okay=False)] = None,
     resume: Annotated[Path | None, typer.Option(
-        "--resume", help="Continue the run saved in this last.safetensors.", dir_okay=False)] = None,
+        "--resume", help="Continue the run saved in this last.safetensors, or in this run folder (its "
+        "last.safetensors).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", show_default=False,
+        help="Take every setting, and the network, from this file: a run's settings.json (or its run folder), or "
+        "any JSON or TOML file of settings; options given here override it, and the run says which.")] = None,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", show_default=False,
+        help="Start from the weights of this checkpoint (a run folder: its best.safetensors) with a fresh "
+        "optimizer and schedule, to fine-tune; the network must be the same.")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace the run already in --out (without it, a run there is never written over). The "
         "old run is kept in --out/.replaced until the new run saves its first checkpoint (at the end of its first "
@@ -151,25 +161,28 @@ def train(
     Ctrl-C (or SIGTERM) finishes the current step, saves last.safetensors and prints how to resume.
     Under torchrun (torchrun --nproc_per_node=N -m cifar_cli train ...) it trains with DDP.
     """
-    from cifar_cli.checkpoint import load_checkpoint
     from cifar_cli.models import source_changed
     from cifar_cli.run_folder import default_out_dir, resume_command
-    from cifar_cli.run_plan import plan_run, read_run_data
+    from cifar_cli.run_plan import plan_run, read_run_data, read_sources
     from cifar_cli.runtime import Runtime, init_distributed, resolve_device
+    from cifar_cli.trust import remember
 
-    resume, data_dir = expand(resume), expand(data_dir)
-    checkpoint = load_checkpoint(resume, model) if resume else None
+    data_dir = expand(data_dir)
+    checkpoint, start = read_sources(expand(resume), expand(config), expand(init_from), model, say)
+    resume = checkpoint.source if checkpoint is not None else None
     torch_device = resolve_device(DeviceName(device).value)
     plan = plan_run(checkpoint, dict(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_split=val_split, weight_decay=weight_decay,
         label_smoothing=label_smoothing, ema=ema, lookahead=lookahead, tta=tta, affine_p=affine_p,
         cutout_p=cutout_p, tone_p=tone_p, aug_fade=aug_fade, mixup=mixup),
         test=test, augment_on=AugmentPlace(augment_on).value if augment_on else None, amp=amp, model=model,
-        device=torch_device)
+        device=torch_device, tell=say, start=start)
     if checkpoint is not None:
         warn_if_changed(plan.network, checkpoint, source_changed(checkpoint.model, plan.network))
     dist = init_distributed(torch_device)
     if dist.main:
+        for line in remember(plan.network):  # a network file the user typed is trusted from now on (trust.py)
+            say(line)
         for note in plan.notes:
             err.print(f"note: {literal(note)}", soft_wrap=True)
     out_dir = expand(out_dir) or default_out_dir(resume)
@@ -199,7 +212,8 @@ def _run(plan: RunPlan, splits: tuple[Split, Split | None], out_dir: Path, devic
     try:
         with RichTrainObserver(console, enabled=dist.main) as observer:
             result = run_training(plan.settings, *splits, out_dir, device, model_spec=plan.network, runtime=runtime,
-                                  resume=checkpoint, observer=observer, dist=dist, overwrite=overwrite)
+                                  resume=checkpoint, observer=observer, dist=dist, overwrite=overwrite,
+                                  start_from=plan.start.init_from)
         shutdown_distributed(together=True)
         return result
     except TrainingInterrupted as stop:
@@ -236,7 +250,16 @@ def train_header(plan: RunPlan, device: Any, world: int, train_size: int, test_s
             + (f", augmentation fading over the last {settings.aug_fade:.0%}" if settings.aug_fade else "")
             + (f", mixup {settings.mixup}" if settings.mixup else "")
             + (", flip TTA" if settings.tta else "")
-            + f" -> {literal(out_dir)}" + (f" (resuming {literal(resume)})" if resume else ""))
+            + f" -> {literal(out_dir)}" + (f" (resuming {literal(resume)})" if resume else "")
+            + _started_from(plan))
+
+
+def _started_from(plan: RunPlan) -> str:
+    """Where a new run's settings and weights came from, and the options given over its settings file."""
+    config, init_from = plan.start.config, plan.start.init_from
+    over = f"; given over it: {', '.join(plan.overridden)}" if plan.overridden else ""
+    return ((f"; settings from {literal(config.path)}{literal(over)}" if config else "")
+            + (f"; starting from the weights of {literal(init_from.source)}" if init_from else ""))
 
 
 def train_footer(result: Any) -> str:

@@ -11,10 +11,11 @@ from cifar_cli.models.spec import (
     preset_spec,
     resolve_model,
     source_changed,
+    source_file,
     spec_to_build,
 )
 from cifar_cli.settings import DEFAULT_MODEL
 
 __all__ = ["DEFAULT_MODEL", "LEGACY_MODEL", "PRESETS", "CifarNet", "ModelSpec", "NetConfig", "S9Config",
            "choose_network", "create_model", "preset_spec", "register_model", "resolve_model", "source_changed",
-           "spec_to_build"]
+           "source_file", "spec_to_build"]

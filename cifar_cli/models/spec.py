@@ -203,12 +203,26 @@ class user_code:  # noqa: N801 - used as a context manager, like torch.no_grad
         raise CifarError(f"--model {self.spec}: {self.doing} {_what_it_did(e)}") from None
 
 
+def _names_a_file(target: str) -> bool:
+    """FILE.py (or a path) rather than package.module, in the part before NAME."""
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def source_file(name: str) -> Path | None:
+    """The file a user network named FILE.py:NAME is imported from, as an absolute path (links resolved);
+    None for a preset or package.module:NAME, whose file depends on where Python looks for modules."""
+    target, _, attr = name.rpartition(":")
+    if not target or not attr.isidentifier() or not _names_a_file(target):
+        return None
+    return Path(target).expanduser().resolve()
+
+
 def _import_factory(spec: str) -> tuple[Callable[[], Any], Path | None]:
     """Import the module a user named and return (its NAME, its source file)."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr.isidentifier():
         raise CifarError(f"--model {spec}: expected FILE.py:NAME or package.module:NAME")
-    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    is_file = _names_a_file(target)
     with user_code(spec, f"importing {target}", every_error=True):
         module = _import_file(Path(target).expanduser()) if is_file else importlib.import_module(target)
     factory = getattr(module, attr, None)

@@ -211,8 +211,10 @@ def train(
     observer: TrainObserver | None = None,
     dist: Distributed | None = None,
     overwrite: bool = False,
+    start_from: Checkpoint | None = None,
 ) -> TrainResult:
-    """Train from scratch or from the checkpoint `resume`; writes last/best checkpoints, history.json and
+    """Train from scratch (from the weights of `start_from`, if given, with a fresh optimizer and schedule) or
+    from the checkpoint `resume`; writes last/best checkpoints, history.json and
     settings.json.
 
     `test_split` None leaves the test set out: the held-out slice alone judges the epochs, and the weights
@@ -235,7 +237,8 @@ def train(
         raise CifarError(f"this run already finished its {settings.epochs} epoch{'s' * (settings.epochs != 1)}; "
                          "there is nothing to resume")
     runtime.configure(device, dist)
-    trainer = build_trainer(settings, spec, learn_from, device, runtime, dist, resumed)
+    trainer = build_trainer(settings, spec, learn_from, device, runtime, dist, resumed,
+                            start_from=start_from if resume is None else None)
     state.check_position(trainer.steps_per_epoch, dist.world)
     state.choices = RunChoices(test_split is not None, trainer.augment_on, runtime.amp)
 

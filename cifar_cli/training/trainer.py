@@ -15,11 +15,11 @@ from torch.utils.data import DataLoader
 
 from cifar_cli import device_augment
 from cifar_cli.augment import BatchAugmenter, train_pipeline
-from cifar_cli.checkpoint import model_from_checkpoint
+from cifar_cli.checkpoint import Checkpoint, model_from_checkpoint
 from cifar_cli.data import AugmentedBatches, DeviceBatches, EpochBatches, Split
 from cifar_cli.models import ModelSpec, create_model
 from cifar_cli.models.spec import check_trainable
-from cifar_cli.run_state import Resume
+from cifar_cli.run_state import Resume, named
 from cifar_cli.runtime import Distributed, Runtime, memory_format
 from cifar_cli.settings import TrainSettings
 from cifar_cli.training.evaluation import to_device
@@ -100,13 +100,18 @@ def warmup_fraction(total_steps: int) -> float:
 
 def build_trainer(settings: TrainSettings, spec: ModelSpec, train_split: Split, device: torch.device,
                   runtime: Runtime, dist: Distributed, resume: Resume | None = None,
-                  schedule: Schedule | None = None) -> Trainer:
+                  schedule: Schedule | None = None, start_from: Checkpoint | None = None) -> Trainer:
     """The network (fresh, or that of the checkpoint `resume` goes on from, with its optimizer and schedule
-    where they had got to), its optimizer and schedule (one-cycle unless given), and the epoch's batches."""
+    where they had got to; or fresh with the weights of `start_from`, --init-from), its optimizer and
+    schedule (one-cycle unless given), and the epoch's batches."""
     torch.manual_seed(settings.seed)
     if resume is None:
         model = create_model(spec)
-        init_from_data(model, train_split)
+        if start_from is None:
+            init_from_data(model, train_split)
+        else:  # its weights, checked to fit; built aside, so the run's random stream is a fresh run's
+            with torch.random.fork_rng(devices=[]):
+                model.load_state_dict(model_from_checkpoint(start_from, named(start_from), given=spec).state_dict())
     else:
         model = model_from_checkpoint(resume.checkpoint, raw=True, given=spec)
     model.to(device, memory_format=memory_format(device))
