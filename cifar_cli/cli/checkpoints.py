@@ -16,6 +16,7 @@ from cifar_cli.cli.options import (
     ModelOption,
     counted,
     fails_cleanly,
+    helped,
     out,
     print_json,
     runs_checkpoint,
@@ -35,7 +36,7 @@ class EvalImages(str, Enum):
 @runs_checkpoint()
 def eval_command(
     checkpoint: Annotated[Path | None, typer.Argument(
-        help="A .safetensors checkpoint written by cifar train [default: the one shipped with cifar-cli].",
+        help=helped("A .safetensors checkpoint written by cifar train.", "the one shipped with cifar-cli"),
         dir_okay=False, show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", min=1, help="Images per forward pass; changes speed, not results.")] = EVAL_BATCH_SIZE,

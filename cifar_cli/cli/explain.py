@@ -23,6 +23,7 @@ from cifar_cli.cli.options import (
     data_dir_or_default,
     err,
     fails_cleanly,
+    helped,
     out,
     print_json,
     runs_checkpoint,
@@ -40,7 +41,7 @@ def mistakes(
     out_file: PngOut = Path("mistakes.png"),
     count: Annotated[int, typer.Option("--count", "-n", help="Mistakes to show, most confident first.")] = 25,
     class_name: Annotated[str | None, typer.Option(
-        "--class", help="Only images of this true class.", show_default="all classes")] = None,
+        "--class", help=helped("Only images of this true class.", "all classes"), show_default=False)] = None,
     as_json: Json = False,
     *,
     options: CheckpointOptions,
@@ -97,8 +98,8 @@ def gradcam(
         show_default=False)] = None,
     out_file: PngOut = Path("gradcam.png"),
     layer: Annotated[str | None, typer.Option(
-        "--layer", help="The layer to explain, by name (cifar receptive-field shows them).",
-        show_default="the last convolution with an output of 8x8 or more")] = None,
+        "--layer", help=helped("The layer to explain, by name (cifar receptive-field shows them).",
+                               "the last convolution with an output of 8x8 or more"), show_default=False)] = None,
     opacity: Annotated[float, typer.Option("--opacity", min=0.0, max=1.0, help="Of the heat map over the image.")
                        ] = 0.5,
     target: Annotated[CamTarget, typer.Option("--target", help="Explain the predicted class or the true one.")

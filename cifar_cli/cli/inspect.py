@@ -21,6 +21,7 @@ from cifar_cli.cli.options import (
     counted,
     data_dir_or_default,
     fails_cleanly,
+    helped,
     out,
     print_json,
 )
@@ -153,7 +154,7 @@ def plot(
     run: Annotated[Path, typer.Argument(help="A run folder, or its history.json.", show_default=False)],
     out_file: Annotated[Path | None, typer.Option(
         "--out", "-o", dir_okay=False, show_default=False,
-        help="PNG file to write [default: curves.png next to history.json].")] = None,
+        help=helped("PNG file to write.", "curves.png next to history.json"))] = None,
     title: Annotated[str, typer.Option("--title", help="A heading for the picture.")] = "",
     as_json: Json = False,
 ) -> None:

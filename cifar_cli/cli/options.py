@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from cifar_cli.errors import CifarError
 from cifar_cli.interrupts import NotedInterrupts, signal_arrived
@@ -38,38 +39,59 @@ out = console()
 err = console(stderr=True)
 
 
+def helped(text: str, default: object | None = None) -> str:
+    """An option's help as `--help` shows it. Typer reads help as Rich markup, which would swallow a `[...]`
+    in it, so the text is escaped; and Typer writes a default given as text in parentheses, so a default
+    that is not a plain value (None standing for "not given", or a sentence) is written here, as Typer
+    writes the plain ones: `[default: 40]`. Every help with such a default goes through here."""
+    shown = escape(text)
+    return shown if default is None else f"{shown} [dim]\\[default: {escape(str(default))}][/]"
+
+
 # Options shared by several commands, declared once.
 DataDir = Annotated[Path | None, typer.Option(
-    "--data-dir", help="Folder that contains cifar-10-batches-py (default: $CIFAR_DATA_DIR or ~/.cache/cifar-cli).",
+    "--data-dir", help=helped("Folder that contains cifar-10-batches-py.", "$CIFAR_DATA_DIR or ~/.cache/cifar-cli"),
     file_okay=False, show_default=False)]
 Download = Annotated[bool, typer.Option("--download/--no-download", help="Fetch CIFAR-10 (md5-checked) if missing.")]
 DeviceName = Enum("DeviceName", {name: name for name in DEVICES}, type=str)
 AugmentPlace = Enum("AugmentPlace", {name: name for name in AUGMENT_PLACES}, type=str)
 Device = Annotated[DeviceName, typer.Option("--device", help="Where to run: auto picks CUDA, then MPS, then CPU.")]
 Workers = Annotated[int | None, typer.Option(
-    "--workers", min=0, show_default="0 on the CPU, which the training uses; up to 8 per GPU",
-    help="Data loader worker processes; changes speed, not results.")]
+    "--workers", min=0, show_default=False,
+    help=helped("Data loader worker processes; changes speed, not results.",
+                "0 on the CPU, which the training uses; up to 8 per GPU"))]
 ModelOption = Annotated[str | None, typer.Option(
-    "--model", "-m", show_default=DEFAULT_MODEL,
-    help="The network: a preset (cifar models lists them) or your own, as FILE.py:NAME or package.module:NAME "
-    "(a class or function returning an nn.Module).")]
+    "--model", "-m", show_default=False,
+    help=helped("The network: a preset (cifar models lists them) or your own, as FILE.py:NAME or "
+                "package.module:NAME (a class or function returning an nn.Module).", DEFAULT_MODEL))]
 PngOut = Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (results are reproducible on CPU).")]
 TTA = Annotated[bool | None, typer.Option(
-    "--tta/--no-tta", show_default="on" if DEFAULTS.tta else "off",
-    help="Flip test-time augmentation: average the logits of each image and its mirror image.")]
+    "--tta/--no-tta", show_default=False,
+    help=helped("Flip test-time augmentation: average the logits of each image and its mirror image.",
+                "tta" if DEFAULTS.tta else "no-tta"))]
 CheckpointPath = Annotated[Path | None, typer.Option(
-    "--checkpoint", "-c", dir_okay=False, show_default="the one shipped with cifar-cli",
-    help="A .safetensors checkpoint written by cifar train.")]
+    "--checkpoint", "-c", dir_okay=False, show_default=False,
+    help=helped("A .safetensors checkpoint written by cifar train.", "the one shipped with cifar-cli"))]
 CheckpointArg = Annotated[Path | None, typer.Argument(
-    help="A .safetensors checkpoint written by cifar train.", dir_okay=False,
-    show_default="the one shipped with cifar-cli")]
+    help=helped("A .safetensors checkpoint written by cifar train.", "the one shipped with cifar-cli"),
+    dir_okay=False, show_default=False)]
 
 
-def setting_option(name: str, flag: str, help: str, kind: type = int) -> Any:
+def setting_option(name: str, flag: str, help: str, kind: type = int, panel: str | None = None) -> Any:
     """A train option whose default lives in settings.DEFAULTS; None means "not given" (keep a resumed run's)."""
-    return Annotated[kind | None, typer.Option(flag, help=help, show_default=str(getattr(DEFAULTS, name)))]
+    return Annotated[kind | None, typer.Option(flag, help=helped(help, getattr(DEFAULTS, name)), show_default=False,
+                                               rich_help_panel=panel)]
+
+
+def in_panel(option: Any, panel: str) -> Any:
+    """A shared option, listed by one command's --help under `panel`."""
+    import copy
+
+    kind, info = option.__origin__, copy.copy(option.__metadata__[0])
+    info.rich_help_panel = panel
+    return Annotated[kind, info]
 
 
 # How often the augmentation applies each random transform: train's settings, which augment-preview shows.
