@@ -56,7 +56,7 @@ def left_test_out(history: list[EpochRecord]) -> bool:
     """Whether a run whose checkpoint predates RunChoices left the test set out (--no-test): every epoch it
     finished has a held-out figure and no test figure. (One stopped inside its first epoch cannot say, and
     counts as not.)"""
-    return bool(history) and all(r.test_acc is None and r.val_acc is not None for r in history)
+    return bool(history) and all(r.test_acc is None and r.held_out_acc is not None for r in history)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from cifar_cli.cli.options import (
     counted,
     fails_cleanly,
     helped,
+    long_step,
     out,
     print_json,
     runs_checkpoint,
@@ -45,6 +46,9 @@ def eval_command(
                          "the network fits them, next to how well it generalises); or the images a --val-split "
                          "run held out (from its last.safetensors).")
     ] = EvalImages.test,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", "-o", dir_okay=False, show_default=False,
+        help="Also draw the confusion matrix (counts, class names) as a PNG here, e.g. confusion.png.")] = None,
     as_json: Json = False,
     *,
     options: CheckpointOptions,
@@ -56,17 +60,25 @@ def eval_command(
     A checkpoint of a preset rebuilds its network from the file alone; one of your own network needs
     --model FILE.py:NAME again (a checkpoint is never a reason to import code).
     """
-    from cifar_cli.report import confusion_table, per_class_table
+    from cifar_cli.files import check_output
+    from cifar_cli.report import confusion_table, per_class_table, write_confusion_matrix
     from cifar_cli.run_plan import images_to_judge
     from cifar_cli.training.evaluation import evaluate
 
+    out_file = check_output(out_file, ".png", "--out") if out_file is not None else None
     run = options.load(checkpoint)
-    split = images_to_judge(run.ckpt, images.value, options.data_root, options.download)
-    result = evaluate(run.network, split, run.device, batch_size=batch_size, classes=run.ckpt.classes,
-                      mean=run.ckpt.mean, std=run.ckpt.std, tta=run.tta, name=str(run.path))
+    with long_step("reading the CIFAR-10 images", as_json=as_json):
+        split = images_to_judge(run.ckpt, images.value, options.data_root, options.download)
+    with long_step(f"judging {images.value} images", len(split), as_json) as progress:
+        result = evaluate(run.network, split, run.device, batch_size=batch_size, classes=run.ckpt.classes,
+                          mean=run.ckpt.mean, std=run.ckpt.std, tta=run.tta, name=str(run.path), progress=progress)
+    if out_file is not None:
+        write_confusion_matrix(result, out_file, f"{run.path.name}: {len(split):,} {images.value} images, "
+                               f"accuracy {100 * result.accuracy:.2f}%")
     if as_json:
         print_json({"checkpoint": str(run.path), "epoch": run.ckpt.epoch, "images": len(split),
-                    "images_from": images.value, "tta": run.tta, **result.to_dict()})
+                    "images_from": images.value, "tta": run.tta, "out": str(out_file) if out_file else None,
+                    **result.to_dict()})
         return
     out.print(Panel.fit(f"{literal(run.path)}  ({literal(run.ckpt.model.describe())}, epoch {run.ckpt.epoch}, "
                         f"cifar-cli {literal(run.ckpt.version)})\n"
@@ -75,6 +87,8 @@ def eval_command(
                         f"accuracy [bold]{100 * result.accuracy:.2f}%[/]"))
     out.print(per_class_table(result))
     out.print(confusion_table(result))
+    if out_file is not None:
+        out.print(f"Wrote the confusion matrix to [bold]{literal(out_file)}[/]", soft_wrap=True)
 
 
 @fails_cleanly

@@ -20,12 +20,13 @@ from cifar_cli.cli.options import (
     ModelOption,
     PngOut,
     counted,
-    data_dir_or_default,
     err,
     fails_cleanly,
     helped,
+    long_step,
     out,
     print_json,
+    read_split,
     runs_checkpoint,
     setting_option,
 )
@@ -47,7 +48,6 @@ def mistakes(
     options: CheckpointOptions,
 ) -> None:
     """A grid of misclassified test images, the most confident mistakes first, and the common confusions."""
-    from cifar_cli.data import load_split
     from cifar_cli.explain import common_confusions, find_mistakes
     from cifar_cli.files import check_output
     from cifar_cli.report import write_mistakes_grid
@@ -56,10 +56,12 @@ def mistakes(
     if count < 1:
         raise CifarError(f"-n must be at least 1, not {count}")
     run = options.load(checkpoint)
-    split = load_split(options.data_root, train=False, download_missing=options.download)
+    split = read_split(options.data_dir, False, options.download, as_json)
     if class_name is not None and class_name not in run.ckpt.classes:
         raise CifarError(f"--class {class_name}: choose one of {', '.join(run.ckpt.classes)}")
-    found = find_mistakes(run.network, split, run.device, run.ckpt.mean, run.ckpt.std, tta=run.tta)
+    with long_step("finding the mistakes", len(split), as_json) as progress:
+        found = find_mistakes(run.network, split, run.device, run.ckpt.mean, run.ckpt.std, tta=run.tta,
+                              progress=progress)
     shown = [m for m in found if class_name is None or run.ckpt.classes[m.true] == class_name][:count]
     name = run.ckpt.classes.__getitem__
     titles = [f"{name(m.true)} -> {name(m.predicted)} ({100 * m.probability:.0f}%)" for m in shown]
@@ -116,8 +118,9 @@ def gradcam(
 
     out_file = check_output(out_file, ".png", "--out")
     run = options.load(checkpoint)
-    cam = cam_inputs(images, from_mistakes, target.value, run.network, run.ckpt, run.device, options.data_root,
-                     options.download)
+    with long_step("finding the mistakes on the test images", None if images else 10_000, as_json) as progress:
+        cam = cam_inputs(images, from_mistakes, target.value, run.network, run.ckpt, run.device, options.data_root,
+                         options.download, progress)
     layer, size = cam_layer(run.network, layer)
     if min(size) < MIN_CAM_SIZE:
         err.print(f"warning: {literal(layer)} is {size[0]}x{size[1]}; a heat map from so few cells says little "
@@ -149,7 +152,6 @@ def lr_find(
 ) -> None:
     """Learning-rate range test: train from fresh weights with the lr growing each mini-batch, plot the loss,
     and suggest the one-cycle peak (--lr). Touches no run folder."""
-    from cifar_cli.data import load_split
     from cifar_cli.files import check_output
     from cifar_cli.models import choose_network
     from cifar_cli.report import write_lr_plot
@@ -161,11 +163,12 @@ def lr_find(
     settings = DEFAULTS.with_options(batch_size=batch_size, seed=seed)
     settings.validate()
     torch_device = resolve_device(DeviceName(device).value)
-    split = load_split(data_dir_or_default(data_dir), train=True, download_missing=download)
+    split = read_split(data_dir, True, download, as_json)
     console = err if as_json else out
     console.print(f"Range test: lr {start:g} -> {end:g} over at most {steps} mini-batches of {settings.batch_size}")
     network = choose_network(model, seed=settings.seed)  # built as the range test's trainer will build it
-    finding = lr_range_test(settings, network, split, torch_device, start, end, steps)
+    with long_step("range test", steps, as_json) as progress:
+        finding = lr_range_test(settings, network, split, torch_device, start, end, steps, progress=progress)
     write_lr_plot(finding, out_file, DEFAULTS.lr)
     if as_json:
         print_json({"out": str(out_file), "suggestion": finding.suggestion, "lowest_loss_lr": finding.lowest,

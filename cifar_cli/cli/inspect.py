@@ -160,7 +160,7 @@ def plot(
 ) -> None:
     """Training curves (loss and accuracy per epoch) from a run's history.json, as a PNG."""
     from cifar_cli.files import check_output
-    from cifar_cli.records import headline
+    from cifar_cli.records import chosen_epoch, headline
     from cifar_cli.report import write_training_curves
     from cifar_cli.run_folder import read_history
 
@@ -169,11 +169,14 @@ def plot(
     out_file = check_output(out_file or (run if run.is_dir() else run.parent) / "curves.png", ".png", "--out")
     write_training_curves(history, out_file, title)
     summed = headline(history)  # test accuracy, or held-out where the run left the test set out
-    last, best = history[-1], max(history, key=summed.of)
+    last, best = history[-1], chosen_epoch(history)
+    best_by = "held_out_acc" if last.held_out_acc is not None else None
     if as_json:
         print_json({"out": str(out_file), "epochs": len(history), "final_test_acc": last.test_acc,
-                    "best_test_acc": best.test_acc, "final_val_acc": last.val_acc, "best_by": summed.key,
-                    "best_acc": summed.of(best), "best_epoch": best.epoch})
+                    "best_test_acc": best.test_acc, "final_held_out_acc": last.held_out_acc, "best_by": best_by,
+                    "best_acc": best.score, "best_epoch": best.epoch})
         return
+    chosen = (f"best held-out {100 * best.held_out_acc:.2f}% (epoch {best.epoch})" if best_by
+              else "no held-out images to choose a best epoch by")
     out.print(f"Wrote {literal(out_file)}: {counted(len(history), 'epoch')}, final {summed.name} accuracy "
-              f"{100 * summed.of(last):.2f}%, best {100 * summed.of(best):.2f}% (epoch {best.epoch})", soft_wrap=True)
+              f"{100 * summed.of(last):.2f}%, {chosen}", soft_wrap=True)

@@ -27,7 +27,7 @@ from rich.markup import escape
 from cifar_cli.errors import CifarError
 from cifar_cli.interrupts import NotedInterrupts, signal_arrived
 from cifar_cli.settings import AUGMENT_PLACES, DEFAULT_MODEL, DEFAULTS, DEVICES
-from cifar_cli.terminal import console, literal
+from cifar_cli.terminal import console, literal, progress_bar
 
 if TYPE_CHECKING:  # the commands import the heavy modules (torch) only when they run
     import torch
@@ -101,6 +101,20 @@ CutoutP = setting_option("cutout_p", "--cutout-p", "Probability of its CoarseDro
                          "the mean).", float)
 ToneP = setting_option("tone_p", "--tone-p", "Probability of its RandomBrightnessContrast (the reference "
                        "network: 0.2).", float)
+
+
+def long_step(description: str, total: int | None = None, as_json: bool = False) -> Any:
+    """Progress on stderr for a step that takes seconds (a bar, or a spinner without a total); nothing under
+    --json or where stderr is not a terminal. Yields the hook the step calls with how much is done."""
+    return progress_bar(err, literal(description), total, enabled=not as_json)
+
+
+def read_split(data_dir: Path | None, train: bool, download: bool, as_json: bool = False) -> Any:
+    """The training or test split, with a spinner while it is read."""
+    from cifar_cli.data import load_split
+
+    with long_step(f"reading the CIFAR-10 {'training' if train else 'test'} images", as_json=as_json):
+        return load_split(data_dir_or_default(data_dir), train=train, download_missing=download)
 
 
 def data_dir_or_default(data_dir: Path | None) -> Path:

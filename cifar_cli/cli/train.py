@@ -30,6 +30,7 @@ from cifar_cli.cli.options import (
     fails_cleanly,
     helped,
     in_panel,
+    long_step,
     out,
     print_json,
     setting_option,
@@ -68,6 +69,10 @@ class RichTrainObserver:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+    def stage(self, description: str) -> None:
+        """A step before the first epoch (building the network), shown until the first epoch starts."""
+        self.task = self.progress.add_task(literal(description), total=None, stats="")
 
     def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
         self.epochs = epochs
@@ -184,7 +189,8 @@ def train(
         for note in plan.notes:
             err.print(f"note: {literal(note)}", soft_wrap=True)
     out_dir = expand(out_dir) or default_out_dir(resume)
-    train_split, test_split = read_run_data(plan, data_dir_or_default(data_dir), download)
+    with long_step("reading the CIFAR-10 images", as_json=as_json or not dist.main):
+        train_split, test_split = read_run_data(plan, data_dir_or_default(data_dir), download)
     console = err if as_json else out
     if dist.main:
         test_size = len(test_split) if test_split is not None else None
@@ -253,10 +259,15 @@ def train_header(plan: RunPlan, device: Any, world: int, train_size: int, test_s
 def train_footer(result: Any) -> str:
     from cifar_cli.records import headline
 
-    final, best = result.history[-1], result.history[result.best_epoch - 1]
+    final, best = result.history[-1], result.best
     summed = headline(result.history)  # test accuracy, or held-out where the test set was left out
-    held = f", held-out {100 * final.val_acc:.2f}%" if final.val_acc is not None and summed.key == "test_acc" else ""
-    judge = result.best_by.removesuffix("_acc")
-    return (f"Done: final {summed.name} accuracy [bold]{100 * summed.of(final):.2f}%[/]{held}; best epoch by "
-            f"{judge} accuracy: {result.best_epoch} ({summed.name} {100 * summed.of(best):.2f}%). "
-            f"Checkpoints and history.json in [bold]{literal(result.out_dir)}[/]")
+    said = f"Done: final {summed.name} accuracy [bold]{100 * summed.of(final):.2f}%[/]"
+    if result.best_by is None:
+        said += ("; no held-out images (--val-split) to choose an epoch by, so the result is the last epoch "
+                 "(best.safetensors holds it too)")
+    else:
+        if summed.key == "test_acc":
+            said += f", held-out {100 * final.held_out_acc:.2f}%"
+        said += (f"; best epoch by held-out accuracy: {best.epoch} ({summed.name} {100 * summed.of(best):.2f}%), "
+                 "in best.safetensors")
+    return f"{said}. Checkpoints and history.json in [bold]{literal(result.out_dir)}[/]"

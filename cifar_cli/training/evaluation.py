@@ -49,17 +49,20 @@ def _logits(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
 def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: int = EVAL_BATCH_SIZE,
              classes: tuple[str, ...] = CLASSES, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD,
              amp_dtype: torch.dtype | None = None, tta: bool = False, name: str = "the network",
-             stopping: Callable[[], bool] | None = None) -> EvalResult:
+             stopping: Callable[[], bool] | None = None, progress: Callable[[int], None] | None = None
+             ) -> EvalResult:
     """Loss, accuracy and confusion matrix; with `tta`, logits are averaged over each image and its mirror.
 
     A non-finite loss is no result (a NaN network "scores" chance accuracy): NonFinite, naming `name`.
-    `stopping`, asked before each batch, abandons the evaluation (EvaluationStopped) once it says so.
+    `stopping`, asked before each batch, abandons the evaluation (EvaluationStopped) once it says so;
+    `progress` is told after each batch how many images are done.
     """
     was_training = model.training
     model.eval()
     n = len(classes)
     confusion = torch.zeros(n * n, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), device=device)
+    done = 0
     try:
         for images, labels in batches_in_order(split, batch_size):
             if stopping is not None and stopping():
@@ -69,6 +72,9 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
                 logits = _logits(model, to_device(images, device, mean, std), tta)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             confusion += torch.bincount(labels * n + logits.argmax(1), minlength=n * n)
+            if progress is not None:
+                done += len(labels)
+                progress(done)
     finally:
         model.train(was_training)
     total = max(len(split), 1)
@@ -82,11 +88,15 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, mean: tuple[float, ...] = MEAN,
-            std: tuple[float, ...] = STD, tta: bool = False, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
-    """Class probabilities (N x classes) for uint8 N x H x W x 3 RGB images."""
+            std: tuple[float, ...] = STD, tta: bool = False, batch_size: int = EVAL_BATCH_SIZE,
+            progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Class probabilities (N x classes) for uint8 N x H x W x 3 RGB images; `progress` is told after each
+    batch how many images are done."""
     model.eval()
     parts = []
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
         parts.append(_logits(model, to_device(chunk, device, mean, std), tta).softmax(1).cpu())
+        if progress is not None:
+            progress(start + len(chunk))
     return torch.cat(parts)

@@ -199,6 +199,8 @@ def train(
         raise CifarError(f"this run already finished its {settings.epochs} epoch{'s' * (settings.epochs != 1)}; "
                          "there is nothing to resume")
     runtime.configure(device, dist)
+    if hasattr(observer, "stage"):  # building can take seconds: a whitened stem fits itself to the images
+        observer.stage("preparing the network")
     trainer = build_trainer(settings, spec, learn_from, device, runtime, dist, resumed)
     state.check_position(trainer.steps_per_epoch, dist.world)
     state.choices = RunChoices(test_split is not None, trainer.augment_on, runtime.amp)
@@ -212,7 +214,7 @@ def train(
         stack.enter_context(session.stop)
         for epoch in range(session.first_epoch, settings.epochs + 1):
             _run_epoch(session, epoch, test_split, held_out)
-    return TrainResult(state.history, out_dir, state.best_epoch, state.best_acc)
+    return TrainResult(state.history, out_dir)
 
 
 def _run_epoch(session: Session, epoch: int, test_split: Split | None, held_out: Split | None) -> None:
