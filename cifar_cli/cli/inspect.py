@@ -158,7 +158,7 @@ def plot(
     title: Annotated[str, typer.Option("--title", help="A heading for the picture.")] = "",
     as_json: Json = False,
 ) -> None:
-    """Training curves (loss and accuracy per epoch) from a run's history.json, as a PNG."""
+    """Training curves (loss and accuracy per epoch, and the learning rate) from a run's history.json, as a PNG."""
     from cifar_cli.files import check_output
     from cifar_cli.records import chosen_epoch, headline
     from cifar_cli.report import write_training_curves
