@@ -47,6 +47,14 @@ def find_mistakes(model: nn.Module, split: Split, device: torch.device, mean: tu
     return sorted(mistakes, key=lambda m: (-m.probability, m.index))
 
 
+def class_named(name: str, classes: tuple[str, ...], option: str = "--class") -> str:
+    """The class a user names, in any case (`Cat` is cat); a one-line error listing them if none fits."""
+    for known in classes:
+        if known.casefold() == name.casefold():
+            return known
+    raise CifarError(f"{option} {name}: choose one of {', '.join(classes)}")
+
+
 def common_confusions(mistakes: list[Mistake], top: int = 5) -> list[tuple[int, int, int]]:
     """(true, predicted, count) of the most frequent kinds of mistake."""
     counts = Counter((m.true, m.predicted) for m in mistakes)
@@ -137,7 +145,8 @@ class CamInputs:
 
 def cam_inputs(pictures: list[Path] | None, mistakes: int | None, target: str, model: nn.Module,
                ckpt: Checkpoint, device: torch.device, data_dir: Path, download: bool,
-               progress: Callable[[int], None] | None = None) -> CamInputs:
+               progress: Callable[[int], None] | None = None, noted: Callable[[str], None] | None = None
+               ) -> CamInputs:
     """What gradcam explains: the picture files given, or the `mistakes` most confident misclassified test
     images; for each, the `target` class ("predicted", or "true", which only test images have). Predictions
     are as `cifar predict` and `cifar mistakes` make them (flip TTA by default), so titles agree."""
@@ -148,7 +157,8 @@ def cam_inputs(pictures: list[Path] | None, mistakes: int | None, target: str, m
     else:
         if target == "true":
             raise CifarError("--target true needs the true class: use --mistakes (picture files have none)")
-        pixels, labels, names = np.stack([load_image(p) for p in pictures]), None, [p.name for p in pictures]
+        pixels, labels, names = (np.stack([load_image(p, noted=noted) for p in pictures]), None,
+                                 [p.name for p in pictures])
     probs = predict(model, pixels, device, ckpt.mean, ckpt.std, tta=DEFAULTS.tta)
     predicted = probs.argmax(1).tolist()
     targets = labels if target == "true" else predicted

@@ -35,7 +35,7 @@ class EvalResult:
             hits = self.confusion[i][i]
             rows.append({"class": name, "count": total, "correct": hits,
                          "accuracy": hits / total if total else 0.0,
-                         "precision": hits / predicted if predicted else 0.0})
+                         "precision": hits / predicted if predicted else None})  # never predicted: undefined
         return rows
 
     def to_dict(self) -> dict[str, Any]:

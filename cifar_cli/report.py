@@ -90,7 +90,8 @@ def per_class_table(result: EvalResult) -> Table:
         table.add_column(col, justify="left" if col == "class" else "right")
     for row in result.per_class:
         table.add_row(literal(row["class"]), str(row["count"]), str(row["correct"]),
-                      f"{100 * row['accuracy']:.1f}%", f"{100 * row['precision']:.1f}%")
+                      f"{100 * row['accuracy']:.1f}%",
+                      "[dim]—[/]" if row["precision"] is None else f"{100 * row['precision']:.1f}%")
     return table
 
 

@@ -29,6 +29,11 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, emoji=False)
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 epoch', '2 epochs', '1,000 images', '0 dilated convolutions': every count with its noun is said here."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def visible(value: object) -> str:
     """The text with every character that is not printable (newline, carriage return, tab, escape, other
     control and format characters) written as its Python escape, so it shows instead of acting."""

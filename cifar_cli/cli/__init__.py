@@ -8,13 +8,14 @@ what they share. Everything that came from the user or from a file is printed th
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer import rich_utils
 
 from cifar_cli import __version__
 from cifar_cli.cli import checkpoints, explain, inspect, train
-from cifar_cli.cli.options import out, output_lost, stdout_lost
+from cifar_cli.cli.options import error, out, output_lost, stdout_lost
 
 app = typer.Typer(
     name="cifar",
@@ -52,6 +53,21 @@ app.command("gradcam")(explain.gradcam)
 app.command("lr-find")(explain.lr_find)
 app.command("plot")(inspect.plot)
 app.command("convert")(checkpoints.convert)
+
+
+def usage_error(e: Any) -> None:
+    """A usage error Typer finds (a bad option value, a missing argument, an unknown option) in the one
+    style of every error here: one `error:` line on stderr, naming where the options are listed, instead of
+    Typer's boxed panel. The exit code stays Click's 2."""
+    if type(e).__name__ == "NoArgsIsHelpError":  # `cifar` alone: the help, which Typer has printed
+        return
+    ctx = getattr(e, "ctx", None)
+    where = f" ({ctx.command_path} --help lists the options)" if ctx is not None else ""
+    error(" ".join(e.format_message().split()).removesuffix(".") + where)
+
+
+# Typer prints every usage error through this one function of its Rich face (typer/core.py, _main).
+rich_utils.rich_format_error = usage_error
 
 
 def main() -> None:

@@ -15,9 +15,11 @@ from cifar_cli.cli.options import (
     Json,
     ModelOption,
     counted,
+    error,
     fails_cleanly,
     helped,
     long_step,
+    note,
     out,
     print_json,
     runs_checkpoint,
@@ -102,25 +104,36 @@ def predict(
     *,
     options: CheckpointOptions,
 ) -> None:
-    """The most likely classes of each image, with their probabilities."""
-    import numpy as np
+    """The most likely classes of each image, with their probabilities.
 
-    from cifar_cli.pictures import load_image
+    A picture that cannot be read is named on stderr and the others are still predicted; the exit code is
+    then 1 (2 when none can be read).
+    """
+    from cifar_cli.pictures import load_images
     from cifar_cli.training.evaluation import predict as class_probabilities
 
     run = options.load(checkpoint)
-    pixels = np.stack([load_image(p) for p in images])
+    images, pixels, unreadable = load_images(images, noted=note)
+    if pixels is None and len(unreadable) == 1:
+        raise CifarError(unreadable[0][1])
+    for _, why in unreadable:
+        error(why)
+    if pixels is None:
+        raise CifarError(f"none of the {len(unreadable)} pictures can be read")
     probs = class_probabilities(run.network, pixels, run.device, run.ckpt.mean, run.ckpt.std, tta=run.tta)
     best = probs.topk(min(top, probs.shape[1]), dim=1)
     results = [{"image": str(p), "top": [{"class": run.ckpt.classes[i], "probability": float(v)}
                                           for v, i in zip(values.tolist(), indices.tolist())]}
                for p, values, indices in zip(images, best.values, best.indices)]
     if as_json:
-        print_json({"checkpoint": str(run.path), "predictions": results})
-        return
-    for r in results:
-        guesses = "   ".join(f"{literal(t['class'])} [bold]{100 * t['probability']:.1f}%[/]" for t in r["top"])
-        out.print(f"{literal(r['image'])}: {guesses}", soft_wrap=True)
+        print_json({"checkpoint": str(run.path), "predictions": results,
+                    "unreadable": [{"image": str(p), "error": why} for p, why in unreadable]})
+    else:
+        for r in results:
+            guesses = "   ".join(f"{literal(t['class'])} [bold]{100 * t['probability']:.1f}%[/]" for t in r["top"])
+            out.print(f"{literal(r['image'])}: {guesses}", soft_wrap=True)
+    if unreadable:
+        raise typer.Exit(1)
 
 
 @fails_cleanly

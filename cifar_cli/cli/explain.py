@@ -24,6 +24,7 @@ from cifar_cli.cli.options import (
     fails_cleanly,
     helped,
     long_step,
+    note,
     out,
     print_json,
     read_split,
@@ -48,7 +49,7 @@ def mistakes(
     options: CheckpointOptions,
 ) -> None:
     """A grid of misclassified test images, the most confident mistakes first, and the common confusions."""
-    from cifar_cli.explain import common_confusions, find_mistakes
+    from cifar_cli.explain import class_named, common_confusions, find_mistakes
     from cifar_cli.files import check_output
     from cifar_cli.report import write_mistakes_grid
 
@@ -57,8 +58,8 @@ def mistakes(
         raise CifarError(f"-n must be at least 1, not {count}")
     run = options.load(checkpoint)
     split = read_split(options.data_dir, False, options.download, as_json)
-    if class_name is not None and class_name not in run.ckpt.classes:
-        raise CifarError(f"--class {class_name}: choose one of {', '.join(run.ckpt.classes)}")
+    if class_name is not None:
+        class_name = class_named(class_name, run.ckpt.classes)
     with long_step("finding the mistakes", len(split), as_json) as progress:
         found = find_mistakes(run.network, split, run.device, run.ckpt.mean, run.ckpt.std, tta=run.tta,
                               progress=progress)
@@ -67,7 +68,8 @@ def mistakes(
     titles = [f"{name(m.true)} -> {name(m.predicted)} ({100 * m.probability:.0f}%)" for m in shown]
     if shown:
         write_mistakes_grid(split.images[[m.index for m in shown]], titles, out_file, f"{len(shown)} of "
-                            f"{len(found):,} mistakes on {len(split):,} test images, most confident first\n"
+                            f"{counted(len(found), 'mistake')} on {counted(len(split), 'test image')}, "
+                            "most confident first\n"
                             "each titled: true class -> predicted class (the network's confidence)")
     confusions = [{"true": name(t), "predicted": name(p), "count": n} for t, p, n in common_confusions(found)]
     if as_json:
@@ -120,7 +122,7 @@ def gradcam(
     run = options.load(checkpoint)
     with long_step("finding the mistakes on the test images", None if images else 10_000, as_json) as progress:
         cam = cam_inputs(images, from_mistakes, target.value, run.network, run.ckpt, run.device, options.data_root,
-                         options.download, progress)
+                         options.download, progress, note)
     layer, size = cam_layer(run.network, layer)
     if min(size) < MIN_CAM_SIZE:
         err.print(f"warning: {literal(layer)} is {size[0]}x{size[1]}; a heat map from so few cells says little "

@@ -22,6 +22,7 @@ from cifar_cli.cli.options import (
     data_dir_or_default,
     fails_cleanly,
     helped,
+    note,
     out,
     print_json,
 )
@@ -80,7 +81,7 @@ def summary(model: ModelOption = None, as_json: Json = False) -> None:
         out.print(literal(table, keep_lines=True), soft_wrap=True)
         out.print(rules_table(rules))
         out.print("[green]All rules pass.[/]" if not failed
-                  else f"[bold red]Fails {len(failed)} rule{'s' * (len(failed) > 1)}:[/] {literal('; '.join(failed))}")
+                  else f"[bold red]Fails {counted(len(failed), 'rule')}:[/] {literal('; '.join(failed))}")
         for rule in rules:
             if not rule.passed:
                 out.print(f"  [bold]fix[/] {literal(rule.name)}: {literal(rule.fix)}", soft_wrap=True)
@@ -131,7 +132,7 @@ def augment_preview(
     settings.validate()
     out_file = check_output(out_file, ".png", "--out")
     if image:
-        images = np.stack([load_image(p) for p in image])
+        images = np.stack([load_image(p, noted=note) for p in image])
         labels = [p.name for p in image]
     else:
         split = load_split(data_dir_or_default(data_dir), train=True, download_missing=download)

@@ -27,7 +27,7 @@ from rich.markup import escape
 from cifar_cli.errors import CifarError
 from cifar_cli.interrupts import NotedInterrupts, signal_arrived
 from cifar_cli.settings import AUGMENT_PLACES, DEFAULT_MODEL, DEFAULTS, DEVICES
-from cifar_cli.terminal import console, literal, progress_bar
+from cifar_cli.terminal import console, counted, literal, progress_bar  # noqa: F401 - counted for the commands
 
 if TYPE_CHECKING:  # the commands import the heavy modules (torch) only when they run
     import torch
@@ -126,11 +126,6 @@ def data_dir_or_default(data_dir: Path | None) -> Path:
 def expand(path: Path | None) -> Path | None:
     """'~/runs' as the shell would have it, for paths that reach us quoted."""
     return path.expanduser() if path is not None else None
-
-
-def counted(n: int, noun: str) -> str:
-    """'1 epoch', '2 epochs', '1,000 images'."""
-    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 # --- the commands that run a checkpoint: eval, predict, mistakes, gradcam ------------------------------------
@@ -259,6 +254,12 @@ def _ended_by_code(e: BaseException, model: str | None) -> str:
         else f"raised {type(e).__name__}"
     who = f"--model {model}: its code" if model and ":" in model else "code this command ran"
     return f"{who} {what}, which ends the program; a network must raise an exception instead"
+
+
+def note(message: str) -> None:
+    """A remark on stderr that changes nothing (a picture squashed to size)."""
+    if os.environ.get("RANK", "0") == "0":
+        err.print(f"note: {literal(message)}", soft_wrap=True)
 
 
 def error(message: str) -> None:

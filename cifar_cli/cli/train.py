@@ -37,7 +37,7 @@ from cifar_cli.cli.options import (
     warn_if_changed,
 )
 from cifar_cli.interrupts import signal_arrived
-from cifar_cli.terminal import literal
+from cifar_cli.terminal import counted, literal
 
 if TYPE_CHECKING:
     import torch
@@ -246,8 +246,8 @@ def train_header(plan: RunPlan, device: Any, world: int, train_size: int, test_s
     held = f" / {settings.val_split:,} held-out" if settings.val_split else ""
     test = f" / {test_size:,} test images" if test_size is not None else " images (test set left out)"
     return (f"Training on [bold]{device}{processes}[/]: {literal(plan.network.describe())}, "
-            f"{train_size - settings.val_split:,} train{held}{test}, {settings.epochs} "
-            f"epoch{'s' * (settings.epochs != 1)}, batch {settings.batch_size}, lr {settings.lr}, seed {settings.seed}"
+            f"{train_size - settings.val_split:,} train{held}{test}, {counted(settings.epochs, 'epoch')}, "
+            f"batch {settings.batch_size}, lr {settings.lr}, seed {settings.seed}"
             + (f", EMA {settings.ema}" if settings.ema else "")
             + (f", lookahead {settings.lookahead}" if settings.lookahead else "")
             + (f", augmentation fading over the last {settings.aug_fade:.0%}" if settings.aug_fade else "")

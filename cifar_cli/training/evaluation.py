@@ -20,6 +20,7 @@ from cifar_cli.data import CLASSES, MEAN, STD, Split, batches_in_order
 from cifar_cli.records import EvalResult
 from cifar_cli.runtime import memory_format
 from cifar_cli.settings import EVAL_BATCH_SIZE
+from cifar_cli.terminal import counted
 
 
 class EvaluationStopped(Exception):
@@ -79,7 +80,7 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, batch_size: i
         model.train(was_training)
     total = max(len(split), 1)
     if not torch.isfinite(loss_sum).item():
-        raise NonFinite(f"{name} gives NaN or infinite logits for some of these {len(split):,} images; its "
+        raise NonFinite(f"{name} gives NaN or infinite logits for some of these {counted(len(split), 'image')}; its "
                         "accuracy would mean nothing")
     matrix = confusion.view(n, n).cpu()
     return EvalResult(loss=loss_sum.item() / total, accuracy=matrix.diag().sum().item() / total,
