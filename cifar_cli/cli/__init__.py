@@ -7,11 +7,12 @@ what they share. Everything that came from the user or from a file is printed th
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import sys
 from typing import Annotated, Any
 
 import typer
-from typer import rich_utils
 
 from cifar_cli import __version__
 from cifar_cli.cli import checkpoints, explain, inspect, train
@@ -66,8 +67,30 @@ def usage_error(e: Any) -> None:
     error(" ".join(e.format_message().split()).removesuffix(".") + where)
 
 
-# Typer prints every usage error through this one function of its Rich face (typer/core.py, _main).
-rich_utils.rich_format_error = usage_error
+class _UsageErrorsInOurStyle(importlib.abc.MetaPathFinder):
+    """Typer prints every usage error through one function of its Rich face, typer.rich_utils (typer/core.py,
+    _main), which it imports only for help or an error: it is replaced as that module loads, so that a TAB
+    (completion starts a fresh process) never pays for importing it."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "typer.rich_utils":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        load = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            load(module)
+            module.rich_format_error = usage_error
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "typer.rich_utils" in sys.modules:
+    sys.modules["typer.rich_utils"].rich_format_error = usage_error
+else:
+    sys.meta_path.insert(0, _UsageErrorsInOurStyle())
 
 
 def main() -> None:

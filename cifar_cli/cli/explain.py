@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from cifar_cli.cli.completion import complete_class, complete_layer
 from cifar_cli.cli.options import (
     CheckpointArg,
     CheckpointOptions,
@@ -43,7 +44,8 @@ def mistakes(
     out_file: PngOut = Path("mistakes.png"),
     count: Annotated[int, typer.Option("--count", "-n", help="Mistakes to show, most confident first.")] = 25,
     class_name: Annotated[str | None, typer.Option(
-        "--class", help=helped("Only images of this true class.", "all classes"), show_default=False)] = None,
+        "--class", help=helped("Only images of this true class.", "all classes"), show_default=False,
+        autocompletion=complete_class)] = None,
     as_json: Json = False,
     *,
     options: CheckpointOptions,
@@ -103,7 +105,8 @@ def gradcam(
     out_file: PngOut = Path("gradcam.png"),
     layer: Annotated[str | None, typer.Option(
         "--layer", help=helped("The layer to explain, by name (cifar receptive-field shows them).",
-                               "the last convolution with an output of 8x8 or more"), show_default=False)] = None,
+                               "the last convolution with an output of 8x8 or more"), show_default=False,
+        autocompletion=complete_layer)] = None,
     opacity: Annotated[float, typer.Option("--opacity", min=0.0, max=1.0, help="Of the heat map over the image.")
                        ] = 0.5,
     target: Annotated[CamTarget, typer.Option("--target", help="Explain the predicted class or the true one.")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
+from cifar_cli.cli.completion import complete_model
 from cifar_cli.errors import CifarError
 from cifar_cli.interrupts import NotedInterrupts, signal_arrived
 from cifar_cli.settings import AUGMENT_PLACES, DEFAULT_MODEL, DEFAULTS, DEVICES
@@ -61,7 +62,7 @@ Workers = Annotated[int | None, typer.Option(
     help=helped("Data loader worker processes; changes speed, not results.",
                 "0 on the CPU, which the training uses; up to 8 per GPU"))]
 ModelOption = Annotated[str | None, typer.Option(
-    "--model", "-m", show_default=False,
+    "--model", "-m", show_default=False, autocompletion=complete_model,
     help=helped("The network: a preset (cifar models lists them) or your own, as FILE.py:NAME or "
                 "package.module:NAME (a class or function returning an nn.Module).", DEFAULT_MODEL))]
 PngOut = Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)]
