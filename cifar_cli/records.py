@@ -10,7 +10,7 @@ from cifar_cli import schema
 from cifar_cli.data import CLASSES
 
 _LARGEST = 1e38  # a loss, lr or time beyond float32's range is not one a run measured
-# The names histories and checkpoints written before 0.3 gave the held-out figures; read, never written.
+# The names earlier versions gave the held-out figures in histories and checkpoints: read, never written.
 _EARLIER_NAMES = {"val_loss": "held_out_loss", "val_acc": "held_out_acc"}
 
 
