@@ -123,7 +123,8 @@ def gradcam(
 
     out_file = check_output(out_file, ".png", "--out")
     run = options.load(checkpoint)
-    with long_step("finding the mistakes on the test images", None if images else 10_000, as_json) as progress:
+    with long_step("finding the mistakes on the test images" if not images else "reading the pictures",
+                   as_json=as_json) as progress:
         cam = cam_inputs(images, from_mistakes, target.value, run.network, run.ckpt, run.device, options.data_root,
                          options.download, progress, note)
     layer, size = cam_layer(run.network, layer)
