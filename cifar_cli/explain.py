@@ -6,6 +6,7 @@ Functions take a network and data and return values; report.py draws them and th
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +36,23 @@ class Mistake:
 
 
 def find_mistakes(model: nn.Module, split: Split, device: torch.device, mean: tuple[float, ...] = MEAN,
-                  std: tuple[float, ...] = STD, tta: bool = False) -> list[Mistake]:
-    """Every misclassified image, the most confident mistakes first (ties: by index)."""
-    probs = predict(model, split.images, device, mean, std, tta=tta)
+                  std: tuple[float, ...] = STD, tta: bool = False,
+                  progress: Callable[[int], None] | None = None) -> list[Mistake]:
+    """Every misclassified image, the most confident mistakes first (ties: by index); `progress` is told
+    how many images are done."""
+    probs = predict(model, split.images, device, mean, std, tta=tta, progress=progress)
     confidence, predicted = probs.max(1)
     wrong = np.flatnonzero(predicted.numpy() != split.labels)
     mistakes = [Mistake(int(i), int(split.labels[i]), int(predicted[i]), float(confidence[i])) for i in wrong]
     return sorted(mistakes, key=lambda m: (-m.probability, m.index))
+
+
+def class_named(name: str, classes: tuple[str, ...], option: str = "--class") -> str:
+    """The class a user names, in any case (`Cat` is cat); a one-line error listing them if none fits."""
+    for known in classes:
+        if known.casefold() == name.casefold():
+            return known
+    raise CifarError(f"{option} {name}: choose one of {', '.join(classes)}")
 
 
 def common_confusions(mistakes: list[Mistake], top: int = 5) -> list[tuple[int, int, int]]:
@@ -133,18 +144,21 @@ class CamInputs:
 
 
 def cam_inputs(pictures: list[Path] | None, mistakes: int | None, target: str, model: nn.Module,
-               ckpt: Checkpoint, device: torch.device, data_dir: Path, download: bool) -> CamInputs:
+               ckpt: Checkpoint, device: torch.device, data_dir: Path, download: bool,
+               progress: Callable[[int], None] | None = None, noted: Callable[[str], None] | None = None
+               ) -> CamInputs:
     """What gradcam explains: the picture files given, or the `mistakes` most confident misclassified test
     images; for each, the `target` class ("predicted", or "true", which only test images have). Predictions
     are as `cifar predict` and `cifar mistakes` make them (flip TTA by default), so titles agree."""
     if bool(pictures) == (mistakes is not None):
         raise CifarError("give picture files or --mistakes N, one of the two")
     if mistakes is not None:
-        pixels, labels, names = _test_mistakes(mistakes, model, ckpt, device, data_dir, download)
+        pixels, labels, names = _test_mistakes(mistakes, model, ckpt, device, data_dir, download, progress)
     else:
         if target == "true":
             raise CifarError("--target true needs the true class: use --mistakes (picture files have none)")
-        pixels, labels, names = np.stack([load_image(p) for p in pictures]), None, [p.name for p in pictures]
+        pixels, labels, names = (np.stack([load_image(p, noted=noted) for p in pictures]), None,
+                                 [p.name for p in pictures])
     probs = predict(model, pixels, device, ckpt.mean, ckpt.std, tta=DEFAULTS.tta)
     predicted = probs.argmax(1).tolist()
     targets = labels if target == "true" else predicted
@@ -159,12 +173,13 @@ def cam_inputs(pictures: list[Path] | None, mistakes: int | None, target: str, m
 
 
 def _test_mistakes(count: int, model: nn.Module, ckpt: Checkpoint, device: torch.device, data_dir: Path,
-                   download: bool) -> tuple[np.ndarray, list[int], list[str]]:
+                   download: bool, progress: Callable[[int], None] | None = None
+                   ) -> tuple[np.ndarray, list[int], list[str]]:
     """The `count` most confident mistakes on the test set: their pixels, true classes and names."""
     if count < 1:
         raise CifarError(f"--mistakes must be at least 1, not {count}")
     split = load_split(data_dir, train=False, download_missing=download)
-    shown = find_mistakes(model, split, device, ckpt.mean, ckpt.std, tta=DEFAULTS.tta)[:count]
+    shown = find_mistakes(model, split, device, ckpt.mean, ckpt.std, tta=DEFAULTS.tta, progress=progress)[:count]
     if not shown:
         raise CifarError(f"the network misclassifies none of the {len(split):,} test images: nothing to explain")
     return split.images[[m.index for m in shown]], [m.true for m in shown], [f"test #{m.index}" for m in shown]

@@ -23,10 +23,12 @@ HEADER_BYTES = 16  # what Pillow looks at to recognise a format
 OTHER_DOCUMENTS = ((b"%PDF-", "a PDF document"), (b"<svg", "an SVG drawing"), (b"<?xml", "an XML document"))
 
 
-def load_image(path: Path, size: int = 32) -> np.ndarray:
+def load_image(path: Path, size: int = 32, noted: Callable[[str], None] | None = None) -> np.ndarray:
     """A picture file as uint8 size x size x 3 RGB, as a person sees it: turned upright by its EXIF
     orientation, transparency over white, wide pixels scaled from their real range (see _grey_levels),
-    bicubic resize, aspect not kept. Only PICTURE_FORMATS are decoded; anything else is a one-line error."""
+    bicubic resize. A picture that is not square is squashed, aspect not kept, rather than cropped (a crop
+    could cut away the very object to classify), and `noted` is told so in one line. Only PICTURE_FORMATS
+    are decoded; anything else is a one-line error."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path).expanduser()
@@ -38,6 +40,9 @@ def load_image(path: Path, size: int = 32) -> np.ndarray:
                 raise CifarError(f"image {path} is {im.width} x {im.height} pixels, more than the "
                                  f"{MAX_IMAGE_PIXELS:,} this reads (a decompression bomb?)")
             upright = ImageOps.exif_transpose(im)  # a copy: the format's own tags stay on `im`
+            if noted is not None and upright.width != upright.height:
+                noted(f"{path} is {upright.width}x{upright.height}, not square: squashed to {size}x{size} "
+                      "(aspect not kept, nothing cropped)")
             rgb = _as_rgb(upright, _declared_range(im), path).resize((size, size), Image.BICUBIC)
     except UnidentifiedImageError:
         raise CifarError(f"cannot read image {path}: {_what_it_is(raw)}") from None
@@ -46,6 +51,20 @@ def load_image(path: Path, size: int = 32) -> np.ndarray:
         why = str(e).replace(repr(buffer), str(path)) or type(e).__name__
         raise CifarError(f"cannot read image {path}: {why}") from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def load_images(paths: list[Path], noted: Callable[[str], None] | None = None
+                ) -> tuple[list[Path], np.ndarray | None, list[tuple[Path, str]]]:
+    """The pictures that can be read (their paths and pixels, None if none can) and, for each that cannot,
+    why: one bad file among several spoils none of the others."""
+    good, pixels, bad = [], [], []
+    for path in paths:
+        try:
+            pixels.append(load_image(path, noted=noted))
+            good.append(path)
+        except CifarError as e:
+            bad.append((path, str(e)))
+    return good, (np.stack(pixels) if pixels else None), bad
 
 
 def _what_it_is(raw: bytes) -> str:

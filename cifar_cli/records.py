@@ -10,6 +10,13 @@ from cifar_cli import schema
 from cifar_cli.data import CLASSES
 
 _LARGEST = 1e38  # a loss, lr or time beyond float32's range is not one a run measured
+# The names earlier versions gave the held-out figures in histories and checkpoints: read, never written.
+_EARLIER_NAMES = {"val_loss": "held_out_loss", "val_acc": "held_out_acc"}
+
+
+def current_names(figures: dict[str, Any]) -> dict[str, Any]:
+    """A history row's or a checkpoint's figures under today's names (held-out ones were once `val_*`)."""
+    return {_EARLIER_NAMES.get(k, k) if _EARLIER_NAMES.get(k) not in figures else k: v for k, v in figures.items()}
 
 
 @dataclass
@@ -28,7 +35,7 @@ class EvalResult:
             hits = self.confusion[i][i]
             rows.append({"class": name, "count": total, "correct": hits,
                          "accuracy": hits / total if total else 0.0,
-                         "precision": hits / predicted if predicted else 0.0})
+                         "precision": hits / predicted if predicted else None})  # never predicted: undefined
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -46,14 +53,14 @@ class EpochRecord:
     lr: float
     seconds: float
     images: int  # training images seen this epoch, all processes together
-    val_loss: float | None = None  # on the held-out slice, when --val-split is given
-    val_acc: float | None = None
+    held_out_loss: float | None = None  # on the held-out slice, when --val-split is given
+    held_out_acc: float | None = None
 
     @classmethod
     def from_dict(cls, row: Any) -> EpochRecord:
         """A history.json row; ValueError (schema.Invalid, naming the field) unless every field is there with
         its kind of value in its range: accuracies in [0, 1], losses, times and the lr finite and >= 0."""
-        row = schema.mapping(row, "a history row")
+        row = current_names(schema.mapping(row, "a history row"))
         names = [f.name for f in fields(cls)]
         if unknown := sorted(set(row) - set(names)):
             raise schema.Invalid(unknown[0][:40], "is not a history field")
@@ -64,26 +71,26 @@ class EpochRecord:
             value = row.get(name)
             if name in ("epoch", "images"):
                 checked[name] = schema.whole(value, name, 1 if name == "epoch" else 0)
-            elif value is None and name.startswith(("val_", "test_")):
+            elif value is None and name.startswith(("held_out_", "test_")):
                 checked[name] = None
             else:
                 checked[name] = schema.number(value, name, 0.0, 1.0 if name.endswith("_acc") else _LARGEST)
         record = cls(**checked)
-        if (record.test_acc is None) != (record.test_loss is None) or (record.val_acc is None) != (
-                record.val_loss is None):
+        if (record.test_acc is None) != (record.test_loss is None) or (record.held_out_acc is None) != (
+                record.held_out_loss is None):
             raise ValueError("a history row has an accuracy without its loss, or a loss without its accuracy")
-        if record.test_acc is None and record.val_acc is None:
+        if record.test_acc is None and record.held_out_acc is None:
             raise ValueError("a history row has neither a test nor a held-out accuracy")
         return record
 
     @property
     def score(self) -> float:
         """What picks the best epoch: held-out accuracy when there is a held-out slice, else test accuracy."""
-        return self.test_acc if self.val_acc is None else self.val_acc
+        return self.test_acc if self.held_out_acc is None else self.held_out_acc
 
     def metrics(self) -> dict[str, float]:
         """The figures a checkpoint of this epoch carries in its metadata."""
-        keys = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss")
+        keys = ("test_acc", "test_loss", "held_out_acc", "held_out_loss", "train_acc", "train_loss")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
@@ -92,7 +99,7 @@ class Headline:
     """The accuracy a run is summed up by: test accuracy when every epoch measured the test set, else
     held-out accuracy (a --no-test run, which always has a held-out slice)."""
 
-    key: str  # the EpochRecord field: "test_acc" or "val_acc"
+    key: str  # the EpochRecord field: "test_acc" or "held_out_acc"
     name: str  # what a person reads: "test" or "held-out"
 
     def of(self, record: EpochRecord) -> float:
@@ -101,7 +108,7 @@ class Headline:
 
 def headline(history: list[EpochRecord]) -> Headline:
     """ValueError unless every epoch has a test accuracy, or every epoch a held-out one."""
-    for key, name in (("test_acc", "test"), ("val_acc", "held-out")):
+    for key, name in (("test_acc", "test"), ("held_out_acc", "held-out")):
         if all(getattr(r, key) is not None for r in history):
             return Headline(key, name)
     raise ValueError("the history's epochs do not all have a test or all have a held-out accuracy")
@@ -115,18 +122,35 @@ def history_from_rows(rows: Any) -> list[EpochRecord]:
     return history
 
 
+def chosen_epoch(history: list[EpochRecord]) -> EpochRecord:
+    """The epoch best.safetensors holds. With held-out images, the one with the highest held-out accuracy
+    (the first of equals); without, the last: an epoch chosen for its test accuracy would make that test
+    figure an optimistic one, so the test set never chooses."""
+    if history[-1].held_out_acc is None:
+        return history[-1]
+    return max(history, key=lambda r: r.held_out_acc)  # max keeps the first of equals
+
+
 @dataclass
 class TrainResult:
     history: list[EpochRecord]
     out_dir: Path
-    best_epoch: int
-    best_acc: float  # the best epoch's score (val_acc with --val-split, else test_acc)
 
     @property
-    def best_by(self) -> str:
-        return "val_acc" if self.history and self.history[-1].val_acc is not None else "test_acc"
+    def best(self) -> EpochRecord:
+        return chosen_epoch(self.history)
+
+    @property
+    def best_epoch(self) -> int:
+        return self.best.epoch
+
+    @property
+    def best_by(self) -> str | None:
+        """held_out_acc where held-out images chose the best epoch; None where best is the last epoch."""
+        return "held_out_acc" if self.history[-1].held_out_acc is not None else None
 
     def to_dict(self) -> dict[str, Any]:
+        best = self.best
         return {"history": [asdict(r) for r in self.history], "out_dir": str(self.out_dir),
-                "best_epoch": self.best_epoch, "best_acc": self.best_acc, "best_by": self.best_by,
+                "best_epoch": best.epoch, "best_acc": best.score, "best_by": self.best_by,
                 "last": str(self.out_dir / "last.safetensors"), "best": str(self.out_dir / "best.safetensors")}

@@ -14,7 +14,7 @@ from torch import nn
 from cifar_cli.errors import CifarError
 from cifar_cli.files import write_atomic
 from cifar_cli.receptive_field import RFLayer
-from cifar_cli.records import EpochRecord, EvalResult, headline
+from cifar_cli.records import EpochRecord, EvalResult, chosen_epoch, headline
 from cifar_cli.rules import Rule
 from cifar_cli.terminal import literal, visible
 
@@ -90,7 +90,8 @@ def per_class_table(result: EvalResult) -> Table:
         table.add_column(col, justify="left" if col == "class" else "right")
     for row in result.per_class:
         table.add_row(literal(row["class"]), str(row["count"]), str(row["correct"]),
-                      f"{100 * row['accuracy']:.1f}%", f"{100 * row['precision']:.1f}%")
+                      f"{100 * row['accuracy']:.1f}%",
+                      "[dim]—[/]" if row["precision"] is None else f"{100 * row['precision']:.1f}%")
     return table
 
 
@@ -107,7 +108,8 @@ def confusion_table(result: EvalResult) -> Table:
 
 def epoch_line(r: EpochRecord, epochs: int) -> str:
     width = len(str(epochs))
-    held = f"val loss {r.val_loss:.4f} acc {100 * r.val_acc:5.2f}%  " if r.val_acc is not None else ""
+    held = (f"held-out loss {r.held_out_loss:.4f} acc {100 * r.held_out_acc:5.2f}%  " if r.held_out_acc is not None
+            else "")
     test = f"test loss {r.test_loss:.4f} acc {100 * r.test_acc:5.2f}%  " if r.test_acc is not None else ""
     return (f"epoch {r.epoch:>{width}}/{epochs}  train loss {r.train_loss:.4f} acc {100 * r.train_acc:5.2f}%  "
             f"{held}{test}lr {r.lr:.5f}  {r.seconds:.1f}s")
@@ -145,14 +147,14 @@ def write_image_grid(rows: list[tuple[str, np.ndarray, list[np.ndarray]]], path:
 
 
 def write_training_curves(history: list[EpochRecord], path: Path, title: str = "") -> None:
-    """Loss and accuracy per epoch, train / held-out / test, side by side, as a PNG."""
+    """Loss and accuracy per epoch (train / held-out / test) and the learning rate, side by side, as a PNG."""
     if not history:
         raise CifarError("nothing to draw: the history has no epochs")
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
     epochs = [r.epoch for r in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    series = {"train": ("train", "tab:blue"), "val": ("held-out", "tab:green"), "test": ("test", "tab:orange")}
+    fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(15.5, 4.2), dpi=110)
+    series = {"train": ("train", "tab:blue"), "held_out": ("held-out", "tab:green"), "test": ("test", "tab:orange")}
     marker = "o" if len(history) <= 10 else None  # a line needs two epochs; a short run's points must show
     for prefix, (label, color) in series.items():
         losses = [getattr(r, f"{prefix}_loss") for r in history]
@@ -163,17 +165,19 @@ def write_training_curves(history: list[EpochRecord], path: Path, title: str = "
         acc_ax.plot(epochs, [100 * getattr(r, f"{prefix}_acc") for r in history], **style)
     summed = headline(history)  # test accuracy, or held-out where the run left the test set out
     color = series[summed.key.removesuffix("_acc")][1]
-    final, best = history[-1], max(history, key=summed.of)
-    final_acc, best_acc = 100 * summed.of(final), 100 * summed.of(best)
+    final, best = history[-1], chosen_epoch(history)
+    final_acc = 100 * summed.of(final)
     acc_ax.axhline(final_acc, color=color, linestyle=":", linewidth=1)
     acc_ax.annotate(f"final {summed.name} {final_acc:.2f}%", (final.epoch, final_acc),
                     textcoords="offset points", xytext=(-8, -14), ha="right", fontsize=9)
     loss_ax.set(xlabel="epoch", ylabel="loss (train: with label smoothing)", title="Loss")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)",
-               title=f"Accuracy (best {summed.name} {best_acc:.2f}%, epoch {best.epoch})")
+    chosen = (f"best held-out {100 * best.held_out_acc:.2f}%, epoch {best.epoch}" if final.held_out_acc is not None
+              else "no held-out images: the result is the last epoch")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"Accuracy ({chosen})")
     low = min(100 * min(r.train_acc, summed.of(r)) for r in history[len(history) // 4:])
     acc_ax.set_ylim(max(0.0, low - 5), 100)
-    for ax in (loss_ax, acc_ax):
+    _lr_panel(lr_ax, history, marker)
+    for ax in (loss_ax, acc_ax, lr_ax):
         ax.set_xlim(epochs[0] - 1, epochs[-1] + 1)  # room for whole-epoch ticks, even around a single epoch
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -182,6 +186,14 @@ def write_training_curves(history: list[EpochRecord], path: Path, title: str = "
         fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def _lr_panel(ax: object, history: list[EpochRecord], marker: str | None) -> None:
+    """The one-cycle schedule as the run went: the learning rate each epoch ended at."""
+    ax.plot([r.epoch for r in history], [r.lr for r in history], label="lr at the end of each epoch",
+            color="tab:purple", marker=marker, markersize=4)
+    ax.set(xlabel="epoch", ylabel="learning rate", title=f"Learning rate (peak seen {max(r.lr for r in history):.3g})")
+    ax.set_ylim(bottom=0)
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib's module
@@ -279,5 +291,25 @@ def write_lr_plot(finding: object, path: Path, current_lr: float) -> None:
            title="Learning-rate range test: the loss as the lr grows each mini-batch")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def write_confusion_matrix(result: EvalResult, path: Path, heading: str) -> None:
+    """The confusion matrix as a picture: one cell per (true, predicted) pair with its count, shaded by the
+    share of the true class's images it holds, class names on both axes."""
+    plt = _pyplot()
+    counts = np.array(result.confusion)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    n = len(result.classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * n, 0.8 + 0.55 * n), dpi=110)
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if shares[i, j] > 0.5 else ("black" if counts[i, j] else "0.6"))
+    ax.set_xticks(range(n), result.classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), result.classes)
+    ax.set(xlabel="predicted class", ylabel="true class", title=heading)
     fig.tight_layout()
     _save(fig, path)

@@ -24,6 +24,7 @@ from cifar_cli.positions import (
 )
 from cifar_cli.receptive_field import walk
 from cifar_cli.rulebook import MAX_PARAMS, MIN_RECEPTIVE_FIELD, RuleText
+from cifar_cli.terminal import counted
 
 __all__ = ["MAX_PARAMS", "MIN_RECEPTIVE_FIELD", "Rule", "check_rules", "count_parameters"]
 
@@ -105,7 +106,7 @@ def _dilated(model: nn.Module, graph: Graph) -> Rule:
     convs = [(op, conv_of(op)) for op in graph.ops if conv_of(op)]
     dilated = [op.label for op, conv in convs if conv.dilated]
     if dilated:
-        return _verdict(rulebook.DILATED, True, f"{len(dilated)} dilated convolution{'s' * (len(dilated) > 1)} "
+        return _verdict(rulebook.DILATED, True, f"{counted(len(dilated), 'dilated convolution')} "
                                                 f"({', '.join(dilated[:3])}{', ...' if len(dilated) > 3 else ''})")
     useless = [op.label for op, conv in convs if max(conv.dilation) > 1]
     figure = (f"only 1x1 convolutions are dilated ({', '.join(useless[:3])}): no effect" if useless
@@ -182,10 +183,10 @@ def _receptive_field(model: nn.Module, graph: Graph) -> Rule:
         return _verdict(text, False, f"unknown: {e}".replace("receptive field: ", ""),
                         "write the resizing as a convolution or pooling the walk can read (nn.Conv2d, nn.AvgPool2d)")
     short = MIN_RECEPTIVE_FIELD + 1 - found.total
-    fix = (f"widen the view by {short} pixel{'s' * (short != 1)} or more: one more 3x3 convolution on the last "
+    fix = (f"widen the view by {counted(short, 'pixel')} or more: one more 3x3 convolution on the last "
            f"map adds {2 * found.jump}, with dilation=2 {4 * found.jump}; a stride-2 convolution earlier doubles "
            "what every later layer adds")
-    return _verdict(text, found.total > MIN_RECEPTIVE_FIELD, f"{found.total} pixel{'s' * (found.total != 1)}", fix)
+    return _verdict(text, found.total > MIN_RECEPTIVE_FIELD, counted(found.total, "pixel"), fix)
 
 
 _JUDGES: tuple[Callable[[nn.Module, Graph], Rule], ...] = (

@@ -15,6 +15,7 @@ from cifar_cli.checkpoint import Checkpoint, load_checkpoint
 from cifar_cli.data import Split, ensure_downloaded, eval_split, load_split
 from cifar_cli.errors import CifarError, shell_command
 from cifar_cli.models import PRESETS, ModelSpec, choose_network, preset_spec, source_changed
+from cifar_cli.records import current_names
 from cifar_cli.run_folder import JUDGE, RESUME, checkpoint_in
 from cifar_cli.run_state import RunChoices, RunState, fingerprints, left_test_out, named, recorded_settings
 from cifar_cli.runtime import Distributed, Runtime, once_per_machine
@@ -210,7 +211,7 @@ def images_of_run(checkpoint: Checkpoint) -> tuple[int | None, dict[str, Any] | 
     try:
         settings = recorded_settings(checkpoint)
         if settings is None:
-            return (None if "val_acc" in checkpoint.metrics else 0), None
+            return (None if "held_out_acc" in current_names(checkpoint.metrics) else 0), None
         return settings.val_split, fingerprints((checkpoint.train_state or {}).get("data", {})).get("train")
     except (CifarError, schema.Invalid) as e:
         raise CifarError(f"{named(checkpoint)}: the training state is damaged ({e})") from None

@@ -21,6 +21,7 @@ from cifar_cli.errors import CifarError
 from cifar_cli.optimizer_state import match_layouts, unflatten_optimizer
 from cifar_cli.records import EpochRecord, history_from_rows
 from cifar_cli.settings import TrainSettings
+from cifar_cli.terminal import counted
 
 SPLITS = ("train", "held_out", "test")  # every set of images a run uses, each fingerprinted (data.identify)
 MAX_PROCESSES = 65_536
@@ -56,7 +57,7 @@ def left_test_out(history: list[EpochRecord]) -> bool:
     """Whether a run whose checkpoint predates RunChoices left the test set out (--no-test): every epoch it
     finished has a held-out figure and no test figure. (One stopped inside its first epoch cannot say, and
     counts as not.)"""
-    return bool(history) and all(r.test_acc is None and r.val_acc is not None for r in history)
+    return bool(history) and all(r.test_acc is None and r.held_out_acc is not None for r in history)
 
 
 @dataclass
@@ -240,7 +241,8 @@ class RunState:
             raise CifarError("the checkpoint's training state is damaged (it stopped at batch "
                              f"{p.batches} of {steps_per_epoch}); it cannot be resumed")
         if p is not None and p.shares and len(p.shares) != world:
-            raise CifarError(f"this run stopped mid-epoch with {len(p.shares)} process(es); resume it with as many "
+            raise CifarError(f"this run stopped mid-epoch with {counted(len(p.shares), 'process', 'processes')}; "
+                             "resume it with as many "
                              f"(torchrun --nproc_per_node={len(p.shares)}), not {world}")
 
 

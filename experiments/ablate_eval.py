@@ -41,7 +41,7 @@ def main() -> None:
         copy = f"ema {settings.ema}" if settings.ema else f"lookahead {settings.lookahead}"
         models[copy] = model_from_checkpoint(ckpt)
     cpu = torch.device("cpu")
-    rows = [{"weights": name, "tta": tta, "val_acc": evaluate(model, held, cpu, tta=tta).accuracy}
+    rows = [{"weights": name, "tta": tta, "held_out_acc": evaluate(model, held, cpu, tta=tta).accuracy}
             for name, model in models.items() for tta in (False, True)]
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "epoch": ckpt.epoch, "held_out": len(held),
@@ -49,7 +49,7 @@ def main() -> None:
         return
     print(f"{args.checkpoint} (epoch {ckpt.epoch}), {len(held):,} held-out images")
     for r in rows:
-        print(f"  {r['weights']:<10} {'flip TTA' if r['tta'] else 'no TTA':<9} {100 * r['val_acc']:6.2f}%")
+        print(f"  {r['weights']:<10} {'flip TTA' if r['tta'] else 'no TTA':<9} {100 * r['held_out_acc']:6.2f}%")
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def test_help_shows_every_default_from_the_settings() -> None:
                          ("trained with 0.3).", "affine_p"), ("with the mean).", "cutout_p"),
                          ("network: 0.2).", "tone_p"), ("stays); 0: off.", "aug_fade"),
                          ("the augmentation (0: off).", "mixup")]:
-        assert f"{option} [default: ({getattr(DEFAULTS, name)})]" in text
+        assert f"{option} [default: {getattr(DEFAULTS, name)}]" in text
 
 
 def test_an_error_under_json_is_one_line_on_stderr_and_nothing_on_stdout(tiny_data: Path) -> None:

@@ -284,7 +284,7 @@ def test_decompression_bombs_and_special_files_are_refused(trained_run: Path, tm
     '"seconds": 1, "images": 10}]',  # neither a test nor a held-out figure
     '[{"epoch": 1, "train_loss": 1, "train_acc": 0.5, "test_loss": 1, "test_acc": 0.5, "lr": 0.1, "seconds": 1, '
     '"images": 10}, {"epoch": 2, "train_loss": 1, "train_acc": 0.5, "test_loss": null, "test_acc": null, '
-    '"lr": 0.1, "seconds": 1, "images": 10, "val_loss": 1, "val_acc": 0.5}]',  # nothing measured in every epoch
+    '"lr": 0.1, "seconds": 1, "images": 10, "held_out_loss": 1, "held_out_acc": 0.5}]',  # nothing in every epoch
     "[" * 100_000 + "]" * 100_000, '"a string"', "[]", "[1, 2]", "{}"])
 def test_plot_refuses_malformed_histories_in_one_line(tmp_path: Path, content: str) -> None:
     (tmp_path / "history.json").write_text(content)

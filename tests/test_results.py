@@ -44,9 +44,9 @@ def test_held_out_slice_is_fixed_disjoint_and_picks_the_best_epoch(tiny_data: Pa
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     history = report["history"]
-    assert all(r["images"] == 250 and 0 <= r["val_acc"] <= 1 for r in history)
-    best = max(history, key=lambda r: r["val_acc"])  # the first of equals, as training keeps the first
-    assert (report["best_by"], report["best_epoch"]) == ("val_acc", best["epoch"])
+    assert all(r["images"] == 250 and 0 <= r["held_out_acc"] <= 1 for r in history)
+    best = max(history, key=lambda r: r["held_out_acc"])  # the first of equals, as training keeps the first
+    assert (report["best_by"], report["best_epoch"]) == ("held_out_acc", best["epoch"])
     assert load_checkpoint(tmp_path / "best.safetensors").epoch == best["epoch"]
     assert "250 train / 50 held-out" in " ".join(result.stderr.split())
 
@@ -66,9 +66,11 @@ def test_no_test_leaves_the_test_set_unread_and_the_weights_unchanged(tiny_data:
     assert seen.exit_code == 0 and unseen.exit_code == 0, (seen.stderr, unseen.stderr)
 
     report = json.loads(unseen.stdout)
-    assert all(r["test_acc"] is None and r["test_loss"] is None and 0 <= r["val_acc"] <= 1 for r in report["history"])
+    assert all(r["test_acc"] is None and r["test_loss"] is None and 0 <= r["held_out_acc"] <= 1
+               for r in report["history"])
     assert "test set left out" in " ".join(unseen.stderr.split())
-    assert [r["val_acc"] for r in report["history"]] == [r["val_acc"] for r in json.loads(seen.stdout)["history"]]
+    assert [r["held_out_acc"] for r in report["history"]] == [
+        r["held_out_acc"] for r in json.loads(seen.stdout)["history"]]
     for name in ("last.safetensors", "best.safetensors"):
         theirs, ours = (load_checkpoint(tmp_path / run / name) for run in ("seen", "unseen"))
         assert theirs.epoch == ours.epoch and "test_acc" not in ours.metrics
@@ -77,8 +79,8 @@ def test_no_test_leaves_the_test_set_unread_and_the_weights_unchanged(tiny_data:
     drawn = cli("plot", tmp_path / "unseen", "--json")
     assert drawn.exit_code == 0, drawn.stderr
     summary = json.loads(drawn.stdout)
-    assert (summary["best_by"], summary["final_test_acc"]) == ("val_acc", None)
-    assert summary["best_acc"] == max(r["val_acc"] for r in report["history"])
+    assert (summary["best_by"], summary["final_test_acc"]) == ("held_out_acc", None)
+    assert summary["best_acc"] == max(r["held_out_acc"] for r in report["history"])
     assert "final held-out accuracy" in " ".join(cli("plot", tmp_path / "unseen").stdout.split())
 
     assert_clean_error(cli("train", "--no-test", "--data-dir", tiny_data, "--out", tmp_path / "x"),
@@ -199,7 +201,8 @@ def test_eval_judges_the_images_a_run_held_out_or_learned_from(trained_run: Path
     last = load_checkpoint(tmp_path / "last.safetensors")
     held = report(tmp_path / "last.safetensors", "--images", "held-out")
     assert (held["images"], held["images_from"]) == (50, "held-out")
-    assert (held["accuracy"], held["loss"]) == pytest.approx((last.metrics["val_acc"], last.metrics["val_loss"]))
+    assert (held["accuracy"], held["loss"]) == pytest.approx((last.metrics["held_out_acc"],
+                                                              last.metrics["held_out_loss"]))
     rest, held_split = hold_out(load_split(tiny_data, train=True), 50)
     network = model_from_checkpoint(last)
     plain = report(tmp_path / "last.safetensors", "--images", "held-out", "--no-tta")

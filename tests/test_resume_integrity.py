@@ -125,7 +125,7 @@ def test_a_plain_resume_keeps_every_choice_the_run_began_with(tiny_data: Path, t
     assert after["augment_on"] == began["augment_on"] == "device"
     assert after["data"]["test"] == 0 and after["settings"]["val_split"] == 50
     history = json.loads((out / "history.json").read_text())
-    assert [r["test_acc"] for r in history] == [None, None] and all(r["val_acc"] is not None for r in history)
+    assert [r["test_acc"] for r in history] == [None, None] and all(r["held_out_acc"] is not None for r in history)
 
 
 def test_an_option_given_on_resume_overrides_the_run_and_says_so(tiny_data: Path, tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from cifar_cli.data import load_split
 from cifar_cli.settings import DEFAULTS, TrainSettings
 from cifar_cli.training.loop import train
 
-RESULT_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images", "val_loss",
-               "val_acc"}
+RESULT_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images", "held_out_loss",
+               "held_out_acc"}
 
 
 def _history(out: Path) -> list[dict]:

@@ -7,14 +7,16 @@ what they share. Everything that came from the user or from a file is printed th
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cifar_cli import __version__
 from cifar_cli.cli import checkpoints, explain, inspect, train
-from cifar_cli.cli.options import out, output_lost, stdout_lost
+from cifar_cli.cli.options import error, out, output_lost, stdout_lost
 
 app = typer.Typer(
     name="cifar",
@@ -52,6 +54,43 @@ app.command("gradcam")(explain.gradcam)
 app.command("lr-find")(explain.lr_find)
 app.command("plot")(inspect.plot)
 app.command("convert")(checkpoints.convert)
+
+
+def usage_error(e: Any) -> None:
+    """A usage error Typer finds (a bad option value, a missing argument, an unknown option) in the one
+    style of every error here: one `error:` line on stderr, naming where the options are listed, instead of
+    Typer's boxed panel. The exit code stays Click's 2."""
+    if type(e).__name__ == "NoArgsIsHelpError":  # `cifar` alone: the help, which Typer has printed
+        return
+    ctx = getattr(e, "ctx", None)
+    where = f" ({ctx.command_path} --help lists the options)" if ctx is not None else ""
+    error(" ".join(e.format_message().split()).removesuffix(".") + where)
+
+
+class _UsageErrorsInOurStyle(importlib.abc.MetaPathFinder):
+    """Typer prints every usage error through one function of its Rich face, typer.rich_utils (typer/core.py,
+    _main), which it imports only for help or an error: it is replaced as that module loads, so that a TAB
+    (completion starts a fresh process) never pays for importing it."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "typer.rich_utils":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        load = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            load(module)
+            module.rich_format_error = usage_error
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "typer.rich_utils" in sys.modules:
+    sys.modules["typer.rich_utils"].rich_format_error = usage_error
+else:
+    sys.meta_path.insert(0, _UsageErrorsInOurStyle())
 
 
 def main() -> None:

@@ -15,7 +15,11 @@ from cifar_cli.cli.options import (
     Json,
     ModelOption,
     counted,
+    error,
     fails_cleanly,
+    helped,
+    long_step,
+    note,
     out,
     print_json,
     runs_checkpoint,
@@ -35,17 +39,21 @@ class EvalImages(str, Enum):
 @runs_checkpoint()
 def eval_command(
     checkpoint: Annotated[Path | None, typer.Argument(
-        help="A .safetensors checkpoint written by cifar train, or its run folder (its best.safetensors; with "
-        "--images train or held-out, its last.safetensors) [default: the one shipped with cifar-cli].",
+        help=helped("A .safetensors checkpoint written by cifar train, or its run folder (its best.safetensors; "
+                    "with --images train or held-out, its last.safetensors).", "the one shipped with cifar-cli"),
         show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", min=1, show_default=f"{EVAL_BATCH_SIZE}; 2048 on CUDA",
-        help="Images per forward pass; changes speed, not results.")] = None,
+        "--batch-size", min=1, show_default=False,
+        help=helped("Images per forward pass; changes speed, not results.", f"{EVAL_BATCH_SIZE}; 2048 on CUDA"))
+    ] = None,
     images: Annotated[EvalImages, typer.Option(
         "--images", help="The test set; the training images it learned from, without augmentation (how closely "
                          "the network fits them, next to how well it generalises); or the images a --val-split "
                          "run held out (from its last.safetensors).")
     ] = EvalImages.test,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", "-o", dir_okay=False, show_default=False,
+        help="Also draw the confusion matrix (counts, class names) as a PNG here, e.g. confusion.png.")] = None,
     as_json: Json = False,
     *,
     options: CheckpointOptions,
@@ -58,20 +66,28 @@ def eval_command(
     --model FILE.py:NAME again (a checkpoint is never a reason to import code), unless it is a file you
     trained here and have not changed since.
     """
-    from cifar_cli.report import confusion_table, per_class_table
+    from cifar_cli.files import check_output
+    from cifar_cli.report import confusion_table, per_class_table, write_confusion_matrix
     from cifar_cli.run_folder import JUDGE, RUN_RECORD
     from cifar_cli.run_plan import images_to_judge
     from cifar_cli.runtime import Runtime
     from cifar_cli.training.evaluation import evaluate
 
+    out_file = check_output(out_file, ".png", "--out") if out_file is not None else None
     run = options.load(checkpoint, JUDGE if images is EvalImages.test else RUN_RECORD)
-    split = images_to_judge(run.ckpt, images.value, options.data_root, options.download)
-    result = evaluate(run.network, split, run.device, batch_size=batch_size, classes=run.ckpt.classes,
-                      mean=run.ckpt.mean, std=run.ckpt.std, tta=run.tta, name=str(run.path),
-                      amp_dtype=Runtime().amp_dtype(run.device))
+    with long_step("reading the CIFAR-10 images", as_json=as_json):
+        split = images_to_judge(run.ckpt, images.value, options.data_root, options.download)
+    with long_step(f"judging {images.value} images", len(split), as_json) as progress:
+        result = evaluate(run.network, split, run.device, batch_size=batch_size, classes=run.ckpt.classes,
+                          mean=run.ckpt.mean, std=run.ckpt.std, tta=run.tta, name=str(run.path), progress=progress,
+                          amp_dtype=Runtime().amp_dtype(run.device))
+    if out_file is not None:
+        write_confusion_matrix(result, out_file, f"{run.path.name}: {len(split):,} {images.value} images, "
+                               f"accuracy {100 * result.accuracy:.2f}%")
     if as_json:
         print_json({"checkpoint": str(run.path), "epoch": run.ckpt.epoch, "images": len(split),
-                    "images_from": images.value, "tta": run.tta, **result.to_dict()})
+                    "images_from": images.value, "tta": run.tta, "out": str(out_file) if out_file else None,
+                    **result.to_dict()})
         return
     out.print(Panel.fit(f"{literal(run.path)}  ({literal(run.ckpt.model.describe())}, epoch {run.ckpt.epoch}, "
                         f"cifar-cli {literal(run.ckpt.version)})\n"
@@ -80,6 +96,8 @@ def eval_command(
                         f"accuracy [bold]{100 * result.accuracy:.2f}%[/]"))
     out.print(per_class_table(result))
     out.print(confusion_table(result))
+    if out_file is not None:
+        out.print(f"Wrote the confusion matrix to [bold]{literal(out_file)}[/]", soft_wrap=True)
 
 
 @fails_cleanly
@@ -93,15 +111,23 @@ def predict(
     *,
     options: CheckpointOptions,
 ) -> None:
-    """The most likely classes of each image, with their probabilities."""
-    import numpy as np
+    """The most likely classes of each image, with their probabilities.
 
-    from cifar_cli.pictures import load_image
+    A picture that cannot be read is named on stderr and the others are still predicted; the exit code is
+    then 1 (2 when none can be read).
+    """
+    from cifar_cli.pictures import load_images
     from cifar_cli.runtime import Runtime
     from cifar_cli.training.evaluation import predict as class_probabilities
 
     run = options.load(checkpoint)
-    pixels = np.stack([load_image(p) for p in images])
+    images, pixels, unreadable = load_images(images, noted=note)
+    if pixels is None and len(unreadable) == 1:
+        raise CifarError(unreadable[0][1])
+    for _, why in unreadable:
+        error(why)
+    if pixels is None:
+        raise CifarError(f"none of the {len(unreadable)} pictures can be read")
     probs = class_probabilities(run.network, pixels, run.device, run.ckpt.mean, run.ckpt.std, tta=run.tta,
                                 amp_dtype=Runtime().amp_dtype(run.device))
     best = probs.topk(min(top, probs.shape[1]), dim=1)
@@ -109,11 +135,14 @@ def predict(
                                           for v, i in zip(values.tolist(), indices.tolist())]}
                for p, values, indices in zip(images, best.values, best.indices)]
     if as_json:
-        print_json({"checkpoint": str(run.path), "predictions": results})
-        return
-    for r in results:
-        guesses = "   ".join(f"{literal(t['class'])} [bold]{100 * t['probability']:.1f}%[/]" for t in r["top"])
-        out.print(f"{literal(r['image'])}: {guesses}", soft_wrap=True)
+        print_json({"checkpoint": str(run.path), "predictions": results,
+                    "unreadable": [{"image": str(p), "error": why} for p, why in unreadable]})
+    else:
+        for r in results:
+            guesses = "   ".join(f"{literal(t['class'])} [bold]{100 * t['probability']:.1f}%[/]" for t in r["top"])
+            out.print(f"{literal(r['image'])}: {guesses}", soft_wrap=True)
+    if unreadable:
+        raise typer.Exit(1)
 
 
 @fails_cleanly

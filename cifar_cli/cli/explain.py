@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from cifar_cli.cli.completion import complete_class, complete_layer
 from cifar_cli.cli.options import (
     CheckpointArg,
     CheckpointOptions,
@@ -20,11 +21,14 @@ from cifar_cli.cli.options import (
     ModelOption,
     PngOut,
     counted,
-    data_dir_or_default,
     err,
     fails_cleanly,
+    helped,
+    long_step,
+    note,
     out,
     print_json,
+    read_split,
     runs_checkpoint,
     setting_option,
 )
@@ -40,14 +44,14 @@ def mistakes(
     out_file: PngOut = Path("mistakes.png"),
     count: Annotated[int, typer.Option("--count", "-n", help="Mistakes to show, most confident first.")] = 25,
     class_name: Annotated[str | None, typer.Option(
-        "--class", help="Only images of this true class.", show_default="all classes")] = None,
+        "--class", help=helped("Only images of this true class.", "all classes"), show_default=False,
+        autocompletion=complete_class)] = None,
     as_json: Json = False,
     *,
     options: CheckpointOptions,
 ) -> None:
     """A grid of misclassified test images, the most confident mistakes first, and the common confusions."""
-    from cifar_cli.data import load_split
-    from cifar_cli.explain import common_confusions, find_mistakes
+    from cifar_cli.explain import class_named, common_confusions, find_mistakes
     from cifar_cli.files import check_output
     from cifar_cli.report import write_mistakes_grid
 
@@ -55,16 +59,19 @@ def mistakes(
     if count < 1:
         raise CifarError(f"-n must be at least 1, not {count}")
     run = options.load(checkpoint)
-    split = load_split(options.data_root, train=False, download_missing=options.download)
-    if class_name is not None and class_name not in run.ckpt.classes:
-        raise CifarError(f"--class {class_name}: choose one of {', '.join(run.ckpt.classes)}")
-    found = find_mistakes(run.network, split, run.device, run.ckpt.mean, run.ckpt.std, tta=run.tta)
+    split = read_split(options.data_dir, False, options.download, as_json)
+    if class_name is not None:
+        class_name = class_named(class_name, run.ckpt.classes)
+    with long_step("finding the mistakes", len(split), as_json) as progress:
+        found = find_mistakes(run.network, split, run.device, run.ckpt.mean, run.ckpt.std, tta=run.tta,
+                              progress=progress)
     shown = [m for m in found if class_name is None or run.ckpt.classes[m.true] == class_name][:count]
     name = run.ckpt.classes.__getitem__
     titles = [f"{name(m.true)} -> {name(m.predicted)} ({100 * m.probability:.0f}%)" for m in shown]
     if shown:
         write_mistakes_grid(split.images[[m.index for m in shown]], titles, out_file, f"{len(shown)} of "
-                            f"{len(found):,} mistakes on {len(split):,} test images, most confident first\n"
+                            f"{counted(len(found), 'mistake')} on {counted(len(split), 'test image')}, "
+                            "most confident first\n"
                             "each titled: true class -> predicted class (the network's confidence)")
     confusions = [{"true": name(t), "predicted": name(p), "count": n} for t, p, n in common_confusions(found)]
     if as_json:
@@ -97,8 +104,9 @@ def gradcam(
         show_default=False)] = None,
     out_file: PngOut = Path("gradcam.png"),
     layer: Annotated[str | None, typer.Option(
-        "--layer", help="The layer to explain, by name (cifar receptive-field shows them).",
-        show_default="the last convolution with an output of 8x8 or more")] = None,
+        "--layer", help=helped("The layer to explain, by name (cifar receptive-field shows them).",
+                               "the last convolution with an output of 8x8 or more"), show_default=False,
+        autocompletion=complete_layer)] = None,
     opacity: Annotated[float, typer.Option("--opacity", min=0.0, max=1.0, help="Of the heat map over the image.")
                        ] = 0.5,
     target: Annotated[CamTarget, typer.Option("--target", help="Explain the predicted class or the true one.")
@@ -115,8 +123,10 @@ def gradcam(
 
     out_file = check_output(out_file, ".png", "--out")
     run = options.load(checkpoint)
-    cam = cam_inputs(images, from_mistakes, target.value, run.network, run.ckpt, run.device, options.data_root,
-                     options.download)
+    with long_step("finding the mistakes on the test images" if not images else "reading the pictures",
+                   as_json=as_json) as progress:
+        cam = cam_inputs(images, from_mistakes, target.value, run.network, run.ckpt, run.device, options.data_root,
+                         options.download, progress, note)
     layer, size = cam_layer(run.network, layer)
     if min(size) < MIN_CAM_SIZE:
         err.print(f"warning: {literal(layer)} is {size[0]}x{size[1]}; a heat map from so few cells says little "
@@ -148,7 +158,6 @@ def lr_find(
 ) -> None:
     """Learning-rate range test: train from fresh weights with the lr growing each mini-batch, plot the loss,
     and suggest the one-cycle peak (--lr). Touches no run folder."""
-    from cifar_cli.data import load_split
     from cifar_cli.files import check_output
     from cifar_cli.models import choose_network
     from cifar_cli.report import write_lr_plot
@@ -160,11 +169,12 @@ def lr_find(
     settings = DEFAULTS.with_options(batch_size=batch_size, seed=seed)
     settings.validate()
     torch_device = resolve_device(DeviceName(device).value)
-    split = load_split(data_dir_or_default(data_dir), train=True, download_missing=download)
+    split = read_split(data_dir, True, download, as_json)
     console = err if as_json else out
     console.print(f"Range test: lr {start:g} -> {end:g} over at most {steps} mini-batches of {settings.batch_size}")
     network = choose_network(model, seed=settings.seed)  # built as the range test's trainer will build it
-    finding = lr_range_test(settings, network, split, torch_device, start, end, steps)
+    with long_step("range test", steps, as_json) as progress:
+        finding = lr_range_test(settings, network, split, torch_device, start, end, steps, progress=progress)
     write_lr_plot(finding, out_file, DEFAULTS.lr)
     if as_json:
         print_json({"out": str(out_file), "suggestion": finding.suggestion, "lowest_loss_lr": finding.lowest,

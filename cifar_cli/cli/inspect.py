@@ -21,6 +21,8 @@ from cifar_cli.cli.options import (
     counted,
     data_dir_or_default,
     fails_cleanly,
+    helped,
+    note,
     out,
     print_json,
 )
@@ -79,7 +81,7 @@ def summary(model: ModelOption = None, as_json: Json = False) -> None:
         out.print(literal(table, keep_lines=True), soft_wrap=True)
         out.print(rules_table(rules))
         out.print("[green]All rules pass.[/]" if not failed
-                  else f"[bold red]Fails {len(failed)} rule{'s' * (len(failed) > 1)}:[/] {literal('; '.join(failed))}")
+                  else f"[bold red]Fails {counted(len(failed), 'rule')}:[/] {literal('; '.join(failed))}")
         for rule in rules:
             if not rule.passed:
                 out.print(f"  [bold]fix[/] {literal(rule.name)}: {literal(rule.fix)}", soft_wrap=True)
@@ -130,7 +132,7 @@ def augment_preview(
     settings.validate()
     out_file = check_output(out_file, ".png", "--out")
     if image:
-        images = np.stack([load_image(p) for p in image])
+        images = np.stack([load_image(p, noted=note) for p in image])
         labels = [p.name for p in image]
     else:
         split = load_split(data_dir_or_default(data_dir), train=True, download_missing=download)
@@ -153,13 +155,13 @@ def plot(
     run: Annotated[Path, typer.Argument(help="A run folder, or its history.json.", show_default=False)],
     out_file: Annotated[Path | None, typer.Option(
         "--out", "-o", dir_okay=False, show_default=False,
-        help="PNG file to write [default: curves.png next to history.json].")] = None,
+        help=helped("PNG file to write.", "curves.png next to history.json"))] = None,
     title: Annotated[str, typer.Option("--title", help="A heading for the picture.")] = "",
     as_json: Json = False,
 ) -> None:
-    """Training curves (loss and accuracy per epoch) from a run's history.json, as a PNG."""
+    """Training curves (loss and accuracy per epoch, and the learning rate) from a run's history.json, as a PNG."""
     from cifar_cli.files import check_output
-    from cifar_cli.records import headline
+    from cifar_cli.records import chosen_epoch, headline
     from cifar_cli.report import write_training_curves
     from cifar_cli.run_folder import read_history
 
@@ -168,11 +170,14 @@ def plot(
     out_file = check_output(out_file or (run if run.is_dir() else run.parent) / "curves.png", ".png", "--out")
     write_training_curves(history, out_file, title)
     summed = headline(history)  # test accuracy, or held-out where the run left the test set out
-    last, best = history[-1], max(history, key=summed.of)
+    last, best = history[-1], chosen_epoch(history)
+    best_by = "held_out_acc" if last.held_out_acc is not None else None
     if as_json:
         print_json({"out": str(out_file), "epochs": len(history), "final_test_acc": last.test_acc,
-                    "best_test_acc": best.test_acc, "final_val_acc": last.val_acc, "best_by": summed.key,
-                    "best_acc": summed.of(best), "best_epoch": best.epoch})
+                    "best_test_acc": best.test_acc, "final_held_out_acc": last.held_out_acc, "best_by": best_by,
+                    "best_acc": best.score, "best_epoch": best.epoch})
         return
+    chosen = (f"best held-out {100 * best.held_out_acc:.2f}% (epoch {best.epoch})" if best_by
+              else "no held-out images to choose a best epoch by")
     out.print(f"Wrote {literal(out_file)}: {counted(len(history), 'epoch')}, final {summed.name} accuracy "
-              f"{100 * summed.of(last):.2f}%, best {100 * summed.of(best):.2f}% (epoch {best.epoch})", soft_wrap=True)
+              f"{100 * summed.of(last):.2f}%, {chosen}", soft_wrap=True)

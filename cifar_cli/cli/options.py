@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
+from cifar_cli.cli.completion import complete_model
 from cifar_cli.errors import CifarError
 from cifar_cli.interrupts import NotedInterrupts, signal_arrived
 from cifar_cli.settings import AUGMENT_PLACES, DEFAULT_MODEL, DEFAULTS, DEVICES
-from cifar_cli.terminal import console, literal
+from cifar_cli.terminal import console, counted, literal, progress_bar  # noqa: F401 - counted for the commands
 
 if TYPE_CHECKING:  # the commands import the heavy modules (torch) only when they run
     import torch
@@ -38,37 +40,58 @@ out = console()
 err = console(stderr=True)
 
 
+def helped(text: str, default: object | None = None) -> str:
+    """An option's help as `--help` shows it. Typer reads help as Rich markup, which would swallow a `[...]`
+    in it, so the text is escaped; and Typer writes a default given as text in parentheses, so a default
+    that is not a plain value (None standing for "not given", or a sentence) is written here, as Typer
+    writes the plain ones: `[default: 40]`. Every help with such a default goes through here."""
+    shown = escape(text)
+    return shown if default is None else f"{shown} [dim]\\[default: {escape(str(default))}][/]"
+
+
 # Options shared by several commands, declared once.
 DataDir = Annotated[Path | None, typer.Option(
-    "--data-dir", help="Folder that contains cifar-10-batches-py (default: $CIFAR_DATA_DIR or ~/.cache/cifar-cli).",
+    "--data-dir", help=helped("Folder that contains cifar-10-batches-py.", "$CIFAR_DATA_DIR or ~/.cache/cifar-cli"),
     file_okay=False, show_default=False)]
 Download = Annotated[bool, typer.Option("--download/--no-download", help="Fetch CIFAR-10 (md5-checked) if missing.")]
 DeviceName = Enum("DeviceName", {name: name for name in DEVICES}, type=str)
 AugmentPlace = Enum("AugmentPlace", {name: name for name in AUGMENT_PLACES}, type=str)
 Device = Annotated[DeviceName, typer.Option("--device", help="Where to run: auto picks CUDA, then MPS, then CPU.")]
 Workers = Annotated[int | None, typer.Option(
-    "--workers", min=0, show_default="0 on the CPU, which the training uses; up to 8 per GPU",
-    help="Data loader worker processes; changes speed, not results.")]
+    "--workers", min=0, show_default=False,
+    help=helped("Data loader worker processes; changes speed, not results.",
+                "0 on the CPU, which the training uses; up to 8 per GPU"))]
 ModelOption = Annotated[str | None, typer.Option(
-    "--model", "-m", show_default=DEFAULT_MODEL,
-    help="The network: a preset (cifar models lists them) or your own, as FILE.py:NAME or package.module:NAME "
-    "(a class or function returning an nn.Module).")]
+    "--model", "-m", show_default=False, autocompletion=complete_model,
+    help=helped("The network: a preset (cifar models lists them) or your own, as FILE.py:NAME or "
+                "package.module:NAME (a class or function returning an nn.Module).", DEFAULT_MODEL))]
 PngOut = Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", dir_okay=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (results are reproducible on CPU).")]
 TTA = Annotated[bool | None, typer.Option(
-    "--tta/--no-tta", show_default="on" if DEFAULTS.tta else "off",
-    help="Flip test-time augmentation: average the logits of each image and its mirror image.")]
+    "--tta/--no-tta", show_default=False,
+    help=helped("Flip test-time augmentation: average the logits of each image and its mirror image.",
+                "tta" if DEFAULTS.tta else "no-tta"))]
 CHECKPOINT_HELP = "A .safetensors checkpoint written by cifar train, or its run folder (its best.safetensors)."
 CheckpointPath = Annotated[Path | None, typer.Option(
-    "--checkpoint", "-c", show_default="the one shipped with cifar-cli", help=CHECKPOINT_HELP)]
+    "--checkpoint", "-c", show_default=False, help=helped(CHECKPOINT_HELP, "the one shipped with cifar-cli"))]
 CheckpointArg = Annotated[Path | None, typer.Argument(
-    help=CHECKPOINT_HELP, show_default="the one shipped with cifar-cli")]
+    help=helped(CHECKPOINT_HELP, "the one shipped with cifar-cli"), show_default=False)]
 
 
-def setting_option(name: str, flag: str, help: str, kind: type = int) -> Any:
+def setting_option(name: str, flag: str, help: str, kind: type = int, panel: str | None = None) -> Any:
     """A train option whose default lives in settings.DEFAULTS; None means "not given" (keep a resumed run's)."""
-    return Annotated[kind | None, typer.Option(flag, help=help, show_default=str(getattr(DEFAULTS, name)))]
+    return Annotated[kind | None, typer.Option(flag, help=helped(help, getattr(DEFAULTS, name)), show_default=False,
+                                               rich_help_panel=panel)]
+
+
+def in_panel(option: Any, panel: str) -> Any:
+    """A shared option, listed by one command's --help under `panel`."""
+    import copy
+
+    kind, info = option.__origin__, copy.copy(option.__metadata__[0])
+    info.rich_help_panel = panel
+    return Annotated[kind, info]
 
 
 # How often the augmentation applies each random transform: train's settings, which augment-preview shows.
@@ -80,6 +103,20 @@ ToneP = setting_option("tone_p", "--tone-p", "Probability of its RandomBrightnes
                        "network: 0.2).", float)
 
 
+def long_step(description: str, total: int | None = None, as_json: bool = False) -> Any:
+    """Progress on stderr for a step that takes seconds (a bar, or a spinner without a total); nothing under
+    --json or where stderr is not a terminal. Yields the hook the step calls with how much is done."""
+    return progress_bar(err, literal(description), total, enabled=not as_json)
+
+
+def read_split(data_dir: Path | None, train: bool, download: bool, as_json: bool = False) -> Any:
+    """The training or test split, with a spinner while it is read."""
+    from cifar_cli.data import load_split
+
+    with long_step(f"reading the CIFAR-10 {'training' if train else 'test'} images", as_json=as_json):
+        return load_split(data_dir_or_default(data_dir), train=train, download_missing=download)
+
+
 def data_dir_or_default(data_dir: Path | None) -> Path:
     from cifar_cli.data import default_data_dir
 
@@ -89,11 +126,6 @@ def data_dir_or_default(data_dir: Path | None) -> Path:
 def expand(path: Path | None) -> Path | None:
     """'~/runs' as the shell would have it, for paths that reach us quoted."""
     return path.expanduser() if path is not None else None
-
-
-def counted(n: int, noun: str) -> str:
-    """'1 epoch', '2 epochs', '1,000 images'."""
-    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 # --- the commands that run a checkpoint: eval, predict, mistakes, gradcam ------------------------------------
@@ -246,6 +278,12 @@ def _ended_by_code(e: BaseException, model: str | None) -> str:
         else f"raised {type(e).__name__}"
     who = f"--model {model}: its code" if model and ":" in model else "code this command ran"
     return f"{who} {what}, which ends the program; a network must raise an exception instead"
+
+
+def note(message: str) -> None:
+    """A remark on stderr that changes nothing (a picture squashed to size)."""
+    if os.environ.get("RANK", "0") == "0":
+        err.print(f"note: {literal(message)}", soft_wrap=True)
 
 
 def error(message: str) -> None:

@@ -28,6 +28,9 @@ from cifar_cli.cli.options import (
     err,
     expand,
     fails_cleanly,
+    helped,
+    in_panel,
+    long_step,
     out,
     print_json,
     say,
@@ -35,7 +38,7 @@ from cifar_cli.cli.options import (
     warn_if_changed,
 )
 from cifar_cli.interrupts import signal_arrived
-from cifar_cli.terminal import literal
+from cifar_cli.terminal import counted, literal
 
 if TYPE_CHECKING:
     import torch
@@ -68,6 +71,10 @@ class RichTrainObserver:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
+    def stage(self, description: str) -> None:
+        """A step before the first epoch (building the network), shown until the first epoch starts."""
+        self.task = self.progress.add_task(literal(description), total=None, stats="")
+
     def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
         self.epochs = epochs
         if self.task is not None:
@@ -84,77 +91,87 @@ class RichTrainObserver:
         self.progress.console.print(literal(message), soft_wrap=True)
 
 
+# The panels `cifar train --help` groups its options in.
+SCHEDULE, REGULARISATION, AUGMENTATION = "Schedule", "Regularisation", "Augmentation"
+DATA, HARDWARE, OUTPUT = "Data and evaluation", "Hardware", "Run folder and output"
+
+
 @fails_cleanly
 def train(
+    model: ModelOption = None,
     epochs: setting_option("epochs", "--epochs", "Epochs to train.") = None,
-    batch_size: setting_option("batch_size", "--batch-size", "Images per step. Under torchrun, the whole step's: "
-                                "split evenly among the processes, so a run takes the steps and schedule of one "
-                                "GPU.") = None,
-    lr: setting_option("lr", "--lr", "Peak learning rate of the one-cycle schedule.", float) = None,
     seed: setting_option("seed", "--seed", "Random seed; the same seed gives the same result on the CPU.") = None,
-    val_split: setting_option("val_split", "--val-split", "Hold out this many training images (the same ones for "
-                               "every seed) and pick the best epoch by them: tune on these, keep the test set for "
-                               "the final figure.") = None,
-    weight_decay: setting_option("weight_decay", "--weight-decay", "L2 weight decay of the convolution and "
-                                  "linear weights (not BatchNorm or biases).", float) = None,
-    label_smoothing: setting_option("label_smoothing", "--label-smoothing", "Label smoothing of the training "
-                                     "loss (0: off).", float) = None,
-    ema: setting_option("ema", "--ema", "Evaluate and save an exponential moving average of the weights with "
-                         "this per-step decay, e.g. 0.999 (0: off).", float) = None,
+    batch_size: setting_option("batch_size", "--batch-size", "Images per step. Under torchrun, the whole "
+                                "step's: split evenly among the processes, so a run takes the steps and schedule of "
+                                "one GPU.",
+                               panel=SCHEDULE) = None,
+    lr: setting_option("lr", "--lr", "Peak learning rate of the one-cycle schedule.", float, SCHEDULE) = None,
     lookahead: setting_option("lookahead", "--lookahead", "Lookahead, as in airbench: every 5 steps, pull slow "
                                "weights toward the trained ones and go on from them, keeping up to this per-step "
                                "decay by the end (ramped in as progress cubed), e.g. 0.95 (0: off). The slow "
-                               "weights are evaluated and saved.", float) = None,
-    affine_p: AffineP = None,
-    cutout_p: CutoutP = None,
-    tone_p: ToneP = None,
-    aug_fade: setting_option("aug_fade", "--aug-fade", "Fade the augmentation out over this last fraction of the "
-                              "run: the odds of its three random transforms fall linearly to zero, batch by batch "
-                              "(the flip stays); 0: off.", float) = None,
+                               "weights are evaluated and saved.", float, SCHEDULE) = None,
+    ema: setting_option("ema", "--ema", "Evaluate and save an exponential moving average of the weights with "
+                         "this per-step decay, e.g. 0.999 (0: off).", float, SCHEDULE) = None,
+    weight_decay: setting_option("weight_decay", "--weight-decay", "L2 weight decay of the convolution and "
+                                  "linear weights (not BatchNorm or biases).", float, REGULARISATION) = None,
+    label_smoothing: setting_option("label_smoothing", "--label-smoothing", "Label smoothing of the training "
+                                     "loss (0: off).", float, REGULARISATION) = None,
     mixup: setting_option("mixup", "--mixup", "Mixup: blend each batch with a shuffled copy of itself, the "
                            "blend's weight drawn from Beta(a, a) for this a, e.g. 0.2, and the loss blended "
-                           "likewise; it fades out with the augmentation (0: off).", float) = None,
-    tta: TTA = None,
-    test: Annotated[bool | None, typer.Option(
-        "--test/--no-test", show_default="on; a resumed run keeps to what it began with",
-        help="Evaluate the test set after each epoch. --no-test (with --val-split) leaves it "
-        "unread while you choose settings: held-out images alone judge the epochs, each epoch is quicker, and "
-        "the weights are the same.")] = None,
-    model: ModelOption = None,
-    device: Device = DeviceName.auto,
-    data_dir: DataDir = None,
-    download: Download = False,
-    workers: Workers = None,
+                           "likewise; it fades out with the augmentation (0: off).", float, REGULARISATION) = None,
+    affine_p: in_panel(AffineP, AUGMENTATION) = None,
+    cutout_p: in_panel(CutoutP, AUGMENTATION) = None,
+    tone_p: in_panel(ToneP, AUGMENTATION) = None,
+    aug_fade: setting_option("aug_fade", "--aug-fade", "Fade the augmentation out over this last fraction of the "
+                              "run: the odds of its three random transforms fall linearly to zero, batch by batch "
+                              "(the flip stays); 0: off.", float, AUGMENTATION) = None,
     augment_on: Annotated[AugmentPlace | None, typer.Option(
-        "--augment-on", show_default="auto; a resumed run keeps to what it began with",
-        help="Where training images are augmented: device (batched torch ops where the images live, "
-        "the training set uploaded once) or loader (Albumentations in loader workers); auto: device on CUDA, "
-        "loader elsewhere. The same pipeline, drawn from other random streams.")] = None,
+        "--augment-on", show_default=False, rich_help_panel=AUGMENTATION,
+        help=helped("Where training images are augmented: device (batched torch ops where the images live, "
+                    "the training set uploaded once) or loader (Albumentations in loader workers); auto: device on "
+                    "CUDA, loader elsewhere. The same pipeline, drawn from other random streams.",
+                    "auto; a resumed run keeps to what it began with"))] = None,
+    val_split: setting_option("val_split", "--val-split", "Hold out this many training images (the same ones for "
+                               "every seed) and pick the best epoch by them: tune on these, keep the test set for "
+                               "the final figure.", panel=DATA) = None,
+    test: Annotated[bool | None, typer.Option(
+        "--test/--no-test", show_default=False, rich_help_panel=DATA,
+        help=helped("Evaluate the test set after each epoch. --no-test (with --val-split) leaves it "
+                    "unread while you choose settings: held-out images alone judge the epochs, each epoch is "
+                    "quicker, and the weights are the same.", "test; a resumed run keeps to what it began with"))
+    ] = None,
+    tta: in_panel(TTA, DATA) = None,
+    data_dir: in_panel(DataDir, DATA) = None,
+    download: in_panel(Download, DATA) = False,
+    device: in_panel(Device, HARDWARE) = DeviceName.auto,
+    workers: in_panel(Workers, HARDWARE) = None,
     amp: Annotated[bool | None, typer.Option(
-        "--amp/--no-amp", show_default="on where the GPU can: bf16 on compute capability 8.0+, fp16 on 7.x",
-        help="Mixed precision on CUDA (autocast).")] = None,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the network (CUDA: faster after "
-                                                "a minute of compiling).")] = False,
+        "--amp/--no-amp", show_default=False, rich_help_panel=HARDWARE,
+        help=helped("Mixed precision on CUDA (autocast).",
+                    "amp where the GPU can: bf16 on compute capability 8.0+, fp16 on 7.x"))] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", rich_help_panel=HARDWARE, help="torch.compile the "
+                                                "network (CUDA: faster after a minute of compiling).")] = False,
     out_dir: Annotated[Path | None, typer.Option(
-        "--out", show_default="runs/<date-time>, or the resumed checkpoint's folder",
-        help="Folder for checkpoints, history.json and settings.json.", file_okay=False)] = None,
+        "--out", show_default=False, rich_help_panel=OUTPUT,
+        help=helped("Folder for checkpoints, history.json and settings.json.",
+                    "runs/<date-time>, or the resumed checkpoint's folder"), file_okay=False)] = None,
     resume: Annotated[Path | None, typer.Option(
         "--resume", help="Continue the run saved in this last.safetensors, or in this run folder (its "
-        "last.safetensors).")] = None,
+        "last.safetensors).", rich_help_panel=OUTPUT)] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", show_default=False,
+        "--config", show_default=False, rich_help_panel=OUTPUT,
         help="Take every setting, and the network, from this file: a run's settings.json (or its run folder), or "
         "any JSON or TOML file of settings; options given here override it, and the run says which.")] = None,
     init_from: Annotated[Path | None, typer.Option(
-        "--init-from", show_default=False,
+        "--init-from", show_default=False, rich_help_panel=OUTPUT,
         help="Start from the weights of this checkpoint (a run folder: its best.safetensors) with a fresh "
         "optimizer and schedule, to fine-tune; the network must be the same.")] = None,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace the run already in --out (without it, a run there is never written over). The "
-        "old run is kept in --out/.replaced until the new run saves its first checkpoint (at the end of its first "
-        "epoch), then deleted; if the new run stops before then, the old run is put back.")
-    ] = False,
-    as_json: Json = False,
+        "--overwrite", rich_help_panel=OUTPUT,
+        help="Replace the run already in --out (without it, a run there is never written over). The old run is "
+        "kept in --out/.replaced until the new run saves its first checkpoint (at the end of its first epoch), "
+        "then deleted; if the new run stops before then, the old run is put back.")] = False,
+    as_json: in_panel(Json, OUTPUT) = False,
 ) -> None:
     """Train the network with live progress; saves last/best .safetensors checkpoints and history.json.
 
@@ -186,7 +203,8 @@ def train(
         for note in plan.notes:
             err.print(f"note: {literal(note)}", soft_wrap=True)
     out_dir = expand(out_dir) or default_out_dir(resume)
-    train_split, test_split = read_run_data(plan, data_dir_or_default(data_dir), download, dist)
+    with long_step("reading the CIFAR-10 images", as_json=as_json or not dist.main):
+        train_split, test_split = read_run_data(plan, data_dir_or_default(data_dir), download, dist)
     console = err if as_json else out
     if dist.main:
         test_size = len(test_split) if test_split is not None else None
@@ -243,8 +261,8 @@ def train_header(plan: RunPlan, device: Any, world: int, train_size: int, test_s
     held = f" / {settings.val_split:,} held-out" if settings.val_split else ""
     test = f" / {test_size:,} test images" if test_size is not None else " images (test set left out)"
     return (f"Training on [bold]{device}{processes}[/]: {literal(plan.network.describe())}, "
-            f"{train_size - settings.val_split:,} train{held}{test}, {settings.epochs} "
-            f"epoch{'s' * (settings.epochs != 1)}, batch {settings.batch_size}, lr {settings.lr}, seed {settings.seed}"
+            f"{train_size - settings.val_split:,} train{held}{test}, {counted(settings.epochs, 'epoch')}, "
+            f"batch {settings.batch_size}, lr {settings.lr}, seed {settings.seed}"
             + (f", EMA {settings.ema}" if settings.ema else "")
             + (f", lookahead {settings.lookahead}" if settings.lookahead else "")
             + (f", augmentation fading over the last {settings.aug_fade:.0%}" if settings.aug_fade else "")
@@ -265,10 +283,15 @@ def _started_from(plan: RunPlan) -> str:
 def train_footer(result: Any) -> str:
     from cifar_cli.records import headline
 
-    final, best = result.history[-1], result.history[result.best_epoch - 1]
+    final, best = result.history[-1], result.best
     summed = headline(result.history)  # test accuracy, or held-out where the test set was left out
-    held = f", held-out {100 * final.val_acc:.2f}%" if final.val_acc is not None and summed.key == "test_acc" else ""
-    judge = result.best_by.removesuffix("_acc")
-    return (f"Done: final {summed.name} accuracy [bold]{100 * summed.of(final):.2f}%[/]{held}; best epoch by "
-            f"{judge} accuracy: {result.best_epoch} ({summed.name} {100 * summed.of(best):.2f}%). "
-            f"Checkpoints and history.json in [bold]{literal(result.out_dir)}[/]")
+    said = f"Done: final {summed.name} accuracy [bold]{100 * summed.of(final):.2f}%[/]"
+    if result.best_by is None:
+        said += ("; no held-out images (--val-split) to choose an epoch by, so the result is the last epoch "
+                 "(best.safetensors holds it too)")
+    else:
+        if summed.key == "test_acc":
+            said += f", held-out {100 * final.held_out_acc:.2f}%"
+        said += (f"; best epoch by held-out accuracy: {best.epoch} ({summed.name} {100 * summed.of(best):.2f}%), "
+                 "in best.safetensors")
+    return f"{said}. Checkpoints and history.json in [bold]{literal(result.out_dir)}[/]"

@@ -21,6 +21,7 @@ from cifar_cli.checkpoint import NonFinite
 from cifar_cli.data import CLASSES, MEAN, STD, Split, batches_in_order
 from cifar_cli.records import EvalResult
 from cifar_cli.runtime import eval_batch_size, memory_format
+from cifar_cli.terminal import counted
 
 
 class EvaluationStopped(Exception):
@@ -79,11 +80,13 @@ def _logits(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
 def evaluate(model: nn.Module, split: Split | DeviceSplit, device: torch.device, batch_size: int | None = None,
              classes: tuple[str, ...] = CLASSES, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD,
              amp_dtype: torch.dtype | None = None, tta: bool = False, name: str = "the network",
-             stopping: Callable[[], bool] | None = None) -> EvalResult:
+             stopping: Callable[[], bool] | None = None, progress: Callable[[int], None] | None = None
+             ) -> EvalResult:
     """Loss, accuracy and confusion matrix; with `tta`, logits are averaged over each image and its mirror.
 
     A non-finite loss is no result (a NaN network "scores" chance accuracy): NonFinite, naming `name`.
-    `stopping`, asked before each batch, abandons the evaluation (EvaluationStopped) once it says so.
+    `stopping`, asked before each batch, abandons the evaluation (EvaluationStopped) once it says so;
+    `progress` is told after each batch how many images are done.
     `batch_size` None: eval_batch_size. Nothing waits on the device until the end: the confusion matrix is
     counted into fixed bins (torch.bincount would read the labels' range back to the host every batch).
     """
@@ -95,6 +98,7 @@ def evaluate(model: nn.Module, split: Split | DeviceSplit, device: torch.device,
     confusion = torch.zeros(n * n, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), device=device)
     ones = torch.ones(0, dtype=torch.int64, device=device)
+    done = 0
     try:
         for images, labels in _in_order(split, batch_size or eval_batch_size(device)):
             if stopping is not None and stopping():
@@ -106,12 +110,15 @@ def evaluate(model: nn.Module, split: Split | DeviceSplit, device: torch.device,
             if len(ones) != len(labels):
                 ones = torch.ones(len(labels), dtype=torch.int64, device=device)
             confusion.index_add_(0, labels * n + logits.argmax(1), ones)
+            if progress is not None:
+                done += len(labels)
+                progress(done)
     finally:
         model.train(was_training)
     total = max(len(split), 1)
     loss, counts = _read_back(loss_sum, confusion)
     if not math.isfinite(loss):
-        raise NonFinite(f"{name} gives NaN or infinite logits for some of these {len(split):,} images; its "
+        raise NonFinite(f"{name} gives NaN or infinite logits for some of these {counted(len(split), 'image')}; its "
                         "accuracy would mean nothing")
     matrix = counts.view(n, n)
     return EvalResult(loss=loss / total, accuracy=matrix.diag().sum().item() / total,
@@ -128,8 +135,9 @@ def _read_back(loss_sum: torch.Tensor, confusion: torch.Tensor) -> tuple[float, 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, mean: tuple[float, ...] = MEAN,
             std: tuple[float, ...] = STD, tta: bool = False, batch_size: int | None = None,
-            amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Class probabilities (N x classes) for uint8 N x H x W x 3 RGB images."""
+            amp_dtype: torch.dtype | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Class probabilities (N x classes) for uint8 N x H x W x 3 RGB images; `progress` is told after each
+    batch how many images are done."""
     model.eval()
     parts = []
     batch_size = batch_size or eval_batch_size(device)
@@ -138,4 +146,6 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, mean: tu
         with autocast(device, amp_dtype):
             logits = _logits(model, to_device(chunk, device, mean, std), tta)
         parts.append(logits.softmax(1).cpu())
+        if progress is not None:
+            progress(start + len(chunk))
     return torch.cat(parts)

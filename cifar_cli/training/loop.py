@@ -237,6 +237,8 @@ def train(
         raise CifarError(f"this run already finished its {settings.epochs} epoch{'s' * (settings.epochs != 1)}; "
                          "there is nothing to resume")
     runtime.configure(device, dist)
+    if hasattr(observer, "stage"):  # building can take seconds: a whitened stem fits itself to the images
+        observer.stage("preparing the network")
     trainer = build_trainer(settings, spec, learn_from, device, runtime, dist, resumed,
                             start_from=start_from if resume is None else None)
     state.check_position(trainer.steps_per_epoch, dist.world)
@@ -253,7 +255,7 @@ def train(
         judged = [resident(split, device) if dist.main else split for split in (test_split, held_out)]
         for epoch in range(session.first_epoch, settings.epochs + 1):
             _run_epoch(session, epoch, *judged)
-    return TrainResult(state.history, out_dir, state.best_epoch, state.best_acc)
+    return TrainResult(state.history, out_dir)
 
 
 def _run_epoch(session: Session, epoch: int, test_split: Split | DeviceSplit | None,

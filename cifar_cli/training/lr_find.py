@@ -5,6 +5,7 @@ and what its loss curve suggests as the one-cycle peak. It trains; it writes not
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -53,10 +54,12 @@ def lr_schedule(start: float, end: float, steps: int) -> list[float]:
 
 
 def lr_range_test(settings: TrainSettings, spec: ModelSpec, train_split: Split, device: torch.device,
-                  start: float, end: float, steps: int, runtime: Runtime | None = None) -> LrFinding:
+                  start: float, end: float, steps: int, runtime: Runtime | None = None,
+                  progress: Callable[[int], None] | None = None) -> LrFinding:
     """From fresh weights, raise the lr exponentially from `start` to `end` over `steps` mini-batches of
     the real training pipeline (same augmentation, optimizer and weight-decay groups as train), stopping
-    when the smoothed loss explodes. Writes nothing."""
+    when the smoothed loss explodes; `progress` is told after each mini-batch how many are done. Writes
+    nothing."""
     lrs_planned = lr_schedule(start, end, steps)
     settings = replace(settings, lr=start, ema=0.0, lookahead=0.0, val_split=0)
     # the scheduler also asks for the lr after the last step: it stays at `end`
@@ -71,6 +74,8 @@ def lr_range_test(settings: TrainSettings, spec: ModelSpec, train_split: Split, 
         for step, (images, labels) in enumerate(trainer.loader, start=1):
             lrs.append(trainer.optimizer.param_groups[0]["lr"])
             losses.append(train_step(trainer, images, labels, epoch, step)[0].item())
+            if progress is not None:
+                progress(len(losses))
             if len(lrs) >= steps or _exploded(losses):
                 return finding_from(lrs, losses)
     return finding_from(lrs, losses)

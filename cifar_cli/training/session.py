@@ -19,7 +19,7 @@ from cifar_cli import __version__
 from cifar_cli.checkpoint import Checkpoint, NonFinite, first_non_finite, save_checkpoint
 from cifar_cli.data import Split
 from cifar_cli.optimizer_state import flatten_optimizer
-from cifar_cli.records import EpochRecord, EvalResult
+from cifar_cli.records import EpochRecord, EvalResult, chosen_epoch
 from cifar_cli.run_folder import (
     BEST,
     HISTORY,
@@ -104,7 +104,7 @@ def judge_epoch(session: Session, totals: EpochTotals, test_split: Split | Devic
         epoch=totals.epoch, train_loss=totals.loss_sum / totals.seen, train_acc=totals.correct / totals.seen,
         test_loss=test.loss if test else None, test_acc=test.accuracy if test else None,
         lr=trainer.optimizer.param_groups[0]["lr"], seconds=seconds, images=totals.seen,
-        val_loss=held.loss if held else None, val_acc=held.accuracy if held else None)
+        held_out_loss=held.loss if held else None, held_out_acc=held.accuracy if held else None)
     state.history.append(record)
     state.position = None
     # In this order, so that a write failing part-way (a full disk) never leaves best.safetensors ahead of
@@ -113,6 +113,7 @@ def judge_epoch(session: Session, totals: EpochTotals, test_split: Split | Devic
     write_history(out_dir / HISTORY, state.history)
     if record.score > state.best_acc:
         state.best_epoch, state.best_acc = record.epoch, record.score
+    if chosen_epoch(state.history) is record:
         save_checkpoint(out_dir / BEST, Checkpoint(trainer.spec, trainer.eval_model.state_dict(),
                                                    epoch=record.epoch, metrics=record.metrics()))
     save_last(trainer, state, out_dir)
