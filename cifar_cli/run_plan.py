@@ -31,20 +31,21 @@ class RunPlan:
 
 
 def plan_run(checkpoint: Checkpoint | None, options: dict[str, Any], test: bool | None, augment_on: str | None,
-             amp: bool | None, model: str | None, device: torch.device) -> RunPlan:
+             amp: bool | None, model: str | ModelSpec | None, device: torch.device) -> RunPlan:
     """The one place that decides what a run is. A new run: the defaults with the options given (None: not
     given). A resumed run keeps everything it began with (its settings, test or not, where it augmented,
     AMP), refuses other settings (they would change what it has done so far) and takes a choice given over
-    one of its choices, saying so. Its network (models.choose_network, from --model as typed) is built
-    from the run's seed; before any data is read, a checkpoint whose network is the user's own is refused
-    unless --model names it (a checkpoint is never a reason to import code)."""
+    one of its choices, saying so. Its network (models.choose_network, from --model as typed, or a network
+    the Python API was handed: models.spec.handed_over) is built from the run's seed; before any data is
+    read, a checkpoint whose network is the user's own is refused unless --model names it (a checkpoint is
+    never a reason to import code)."""
     def place(choice: str) -> str:
         return "device" if Runtime(augment_on=choice).augments_on_device(device) else "loader"
 
     given = {"test": test, "augment_on": place(augment_on) if augment_on else None, "amp": amp}
     if checkpoint is None:
         settings, notes = DEFAULTS.with_options(**options), []
-        network = choose_network(model, seed=settings.seed)
+        network = model if isinstance(model, ModelSpec) else choose_network(model, seed=settings.seed)
         began = RunChoices(augment_on=place("auto"))
     else:
         state = RunState.resume(checkpoint)
