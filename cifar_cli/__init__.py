@@ -5,23 +5,24 @@ imported on first use, so that `import cifar_cli` (and the command line's shell 
 and loads no torch.
 """
 
+from importlib import import_module
 from typing import Any
 
 # The one place the version is written: pyproject.toml reads it from here (tool.setuptools.dynamic), so an
 # installed package and a source tree on PYTHONPATH report the same version. CHANGELOG.md says what changed.
 __version__ = "0.2.0"
 
-API = ("build", "train", "evaluate", "load", "predict", "TrainedRun", "Evaluation", "Prediction", "CifarError")
-__all__ = ["__version__", *API]
+# What `from cifar_cli import ...` offers besides the version, and the module each name lives in.
+_LAZY = {**dict.fromkeys(("build", "train", "evaluate", "load", "predict", "TrainedRun", "Evaluation",
+                          "Prediction"), "cifar_cli.api"), "CifarError": "cifar_cli.errors"}
+__all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:  # PEP 562: cifar_cli.api (and torch) load when a name of it is first asked for
-    if name in API:
-        from cifar_cli import api
-
-        return getattr(api, name)
+def __getattr__(name: str) -> Any:  # PEP 562: a name's module (and torch) loads when the name is first asked for
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cifar_cli' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *API})
+    return sorted({*globals(), *_LAZY})

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli, make_images, network_with_event, write_network
+from conftest import TRAIN_ARGS, cli, history_without_times, make_images, network_with_event, write_network
 from PIL import Image
+from safetensors.torch import load_file
 from torch import nn
 
 import cifar_cli
@@ -111,6 +112,28 @@ def test_a_network_file_trains_by_name_and_a_stop_says_what_was_saved(tiny_data:
     with pytest.raises(KeyboardInterrupt, match=re.escape(f"saved {tmp_path / 'run' / 'last.safetensors'}")):
         train(spec, data_dir=tiny_data, out=tmp_path / "run", **QUICK)
     assert load(tmp_path / "run" / "last.safetensors", model=spec).training is False
+
+
+SMALL_NET = """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3)))
+"""
+
+
+def test_a_run_by_name_is_the_run_cifar_train_makes(tiny_data: Path, tmp_path: Path) -> None:
+    spec = write_network(tmp_path / "mynet.py", SMALL_NET)
+    shown = cli("train", "--model", spec, "--epochs", "2", "--seed", "4", "--data-dir", tiny_data,
+                "--out", tmp_path / "command", *TRAIN_ARGS)
+    assert shown.exit_code == 0, shown.stderr
+    train(spec, seed=4, data_dir=tiny_data, out=tmp_path / "api", **QUICK)  # the same settings as TRAIN_ARGS
+    assert history_without_times(tmp_path / "api") == history_without_times(tmp_path / "command")
+    ours, theirs = (load_file(tmp_path / run / "last.safetensors") for run in ("api", "command"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 @pytest.mark.parametrize("given, words", [
