@@ -96,12 +96,13 @@ def test_a_network_handed_over_trains_in_place_and_loads_only_into_the_users_net
         tiny_data: Path, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     net = Net()
     run = train(net, data_dir=tiny_data, out=tmp_path / "mine", **{**QUICK, "epochs": 1, "progress": True})
-    assert run.model is net and not net.training
+    assert run.model is net and type(net) is Net and not net.training  # the user's own module, trained in place
     assert "epoch 1/1" in capfd.readouterr().err  # progress: cifar train's epoch line
     with pytest.raises(CifarError, match="never imports code"):
         load(run.last)
     for given in (Net(), Net):
         loaded = load(run.last, model=given)
+        assert type(loaded) is Net
         assert list(loaded.state_dict()) == list(Net().state_dict())
         assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
     assert evaluate(run.last, model=Net, data_dir=tiny_data, device="cpu").accuracy == pytest.approx(run.accuracy)

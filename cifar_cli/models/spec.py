@@ -176,10 +176,10 @@ def handed_over(network: nn.Module | Callable[[], Any], preset: ModelSpec | None
     owner = type(network) if isinstance(network, nn.Module) else network
     source = _source_file(owner)
     name = f"{source or getattr(owner, '__module__', 'python')}:{getattr(owner, '__qualname__', 'network')}"
-    if isinstance(network, nn.Module):
-        network = _check_user_network(name, network)
-    else:
-        network = _build_user_network(name, network)
+    if not isinstance(network, nn.Module):
+        with user_code(name, "calling it", every_error=True):
+            network = network()
+    network = _check_user_network(name, network, guarded=False)  # the user's own class stays (picklable)
     return ModelSpec(name, {}, type(network).__name__, _sha256(source) if source else "", typed=True,
                      instance=network)
 
@@ -277,14 +277,15 @@ def _build_user_network(spec: str, factory: Callable[[], Any]) -> nn.Module:
     return _check_user_network(spec, model)
 
 
-def _check_user_network(spec: str, model: Any) -> nn.Module:
+def _check_user_network(spec: str, model: Any, guarded: bool = True) -> nn.Module:
     """What every user network must be: an nn.Module with parameters giving N x 10 logits for N x 3 x 32 x 32
-    images, whatever the batch size; its own methods then run as user_code (_guard)."""
+    images, whatever the batch size; its own methods then run as user_code (_guard) if `guarded`."""
     if not isinstance(model, nn.Module):
         raise CifarError(f"--model {spec}: it returned a {type(model).__name__}, not a torch nn.Module")
     if not any(True for _ in model.parameters()):
         raise CifarError(f"--model {spec}: the network has no parameters to train")
-    _guard(spec, model)
+    if guarded:
+        _guard(spec, model)
     was_training, device = model.training, next(model.parameters()).device  # one handed over may be on a GPU
     try:
         for n in (2, 3):  # two sizes: a forward that assumes one batch size fails on the other
