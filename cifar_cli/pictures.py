@@ -29,7 +29,7 @@ def load_image(path: Path, size: int = 32, noted: Callable[[str], None] | None =
     bicubic resize. A picture that is not square is squashed, aspect not kept, rather than cropped (a crop
     could cut away the very object to classify), and `noted` is told so in one line. Only PICTURE_FORMATS
     are decoded; anything else is a one-line error."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     path = Path(path).expanduser()
     raw = read_input(path, MAX_IMAGE_BYTES, "image")
@@ -39,17 +39,27 @@ def load_image(path: Path, size: int = 32, noted: Callable[[str], None] | None =
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise CifarError(f"image {path} is {im.width} x {im.height} pixels, more than the "
                                  f"{MAX_IMAGE_PIXELS:,} this reads (a decompression bomb?)")
-            upright = ImageOps.exif_transpose(im)  # a copy: the format's own tags stay on `im`
-            if noted is not None and upright.width != upright.height:
-                noted(f"{path} is {upright.width}x{upright.height}, not square: squashed to {size}x{size} "
-                      "(aspect not kept, nothing cropped)")
-            rgb = _as_rgb(upright, _declared_range(im), path).resize((size, size), Image.BICUBIC)
+            pixels = picture_pixels(im, path, size, noted)
     except UnidentifiedImageError:
         raise CifarError(f"cannot read image {path}: {_what_it_is(raw)}") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         # Pillow names the in-memory buffer it was given; the user knows the file by its path
         why = str(e).replace(repr(buffer), str(path)) or type(e).__name__
         raise CifarError(f"cannot read image {path}: {why}") from None
+    return pixels
+
+
+def picture_pixels(im: object, path: Path | str, size: int = 32,
+                   noted: Callable[[str], None] | None = None) -> np.ndarray:
+    """A decoded Pillow picture (a file's, or one the Python API is handed) as load_image describes: uint8
+    size x size x 3 RGB, upright, transparency over white, wide pixels scaled; `path` names it in errors."""
+    from PIL import Image, ImageOps
+
+    upright = ImageOps.exif_transpose(im)  # a copy: the format's own tags stay on `im`
+    if noted is not None and upright.width != upright.height:
+        noted(f"{path} is {upright.width}x{upright.height}, not square: squashed to {size}x{size} "
+              "(aspect not kept, nothing cropped)")
+    rgb = _as_rgb(upright, _declared_range(im), Path(path)).resize((size, size), Image.BICUBIC)
     return np.asarray(rgb, dtype=np.uint8)
 
 

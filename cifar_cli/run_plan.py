@@ -69,15 +69,16 @@ def read_sources(resume: Path | None, config: Path | None, init_from: Path | Non
 
 
 def plan_run(checkpoint: Checkpoint | None, options: dict[str, Any], test: bool | None, augment_on: str | None,
-             amp: bool | None, model: str | None, device: torch.device, tell: Callable[[str], None],
+             amp: bool | None, model: str | ModelSpec | None, device: torch.device, tell: Callable[[str], None],
              start: FreshStart = FreshStart()) -> RunPlan:
     """The one place that decides what a run is. A new run: the defaults, under a settings file's values
     (--config), under the options given (None: not given). A resumed run keeps everything it began with
     (its settings, test or not, where it augmented, AMP), refuses other settings (they would change what it
-    has done so far) and takes a choice given over one of its choices, saying so. Its network (typed, else
-    the settings file's, else --init-from's, else the default) is built from the run's seed; before any data
-    is read, a network that is the user's own and named only by a file is refused unless trusted (trust.py):
-    a file is never a reason to import code. Lines the user should see first go to `tell`."""
+    has done so far) and takes a choice given over one of its choices, saying so. Its network (typed, or a
+    network the Python API was handed: models.spec.handed_over; else the settings file's, else --init-from's,
+    else the default) is built from the run's seed; before any data is read, a network that is the user's
+    own and named only by a file is refused unless trusted (trust.py): a file is never a reason to import
+    code. Lines the user should see first go to `tell`."""
     def place(choice: str) -> str:
         return "device" if Runtime(augment_on=choice).augments_on_device(device) else "loader"
 
@@ -110,7 +111,8 @@ def plan_run(checkpoint: Checkpoint | None, options: dict[str, Any], test: bool 
     return RunPlan(settings, choices, network, tuple(notes), start, tuple(overridden))
 
 
-def _fresh_network(model: str | None, start: FreshStart, seed: int, tell: Callable[[str], None]) -> ModelSpec:
+def _fresh_network(model: str | ModelSpec | None, start: FreshStart, seed: int,
+                   tell: Callable[[str], None]) -> ModelSpec:
     """A new run's network: --model as typed, else the one the settings file names, else the one --init-from
     holds (each of these under the trust rule), else the default; --init-from's checked to be the same."""
     config, init_from = start.config, start.init_from
@@ -119,7 +121,7 @@ def _fresh_network(model: str | None, start: FreshStart, seed: int, tell: Callab
     elif model is None and init_from is not None:
         network = network_for(None, init_from.model, tell, named(init_from), seed)
     else:
-        network = choose_network(model, seed=seed)
+        network = model if isinstance(model, ModelSpec) else choose_network(model, seed=seed)
     if init_from is not None:
         _check_same_network(init_from, network, tell)
     return network

@@ -111,16 +111,23 @@ class TrainSettings:
             settings = cls(**({**SETTINGS_BEFORE_THEY_EXISTED, **data}))
         except TypeError:
             return None
-        return settings if _well_typed(settings) else None
+        return settings if _wrong_kind(settings) is None else None
 
     def with_options(self, **given: Any) -> TrainSettings:
         """These settings with the options the user gave (None: not given) put over them.
 
         An average asked for (--ema) replaces lookahead unless that is given too: both are a second copy.
+        A name that is no setting, or a value of the wrong kind (the Python API takes any), is a CifarError.
         """
+        names = [f.name for f in fields(self)]
+        if unknown := sorted(set(given) - set(names)):
+            raise CifarError(f"{unknown[0]!r} is not a training setting; the settings are {', '.join(names)}")
         if given.get("ema") and given.get("lookahead") is None:
             given = {**given, "lookahead": 0.0}
-        return replace(self, **{k: v for k, v in given.items() if v is not None})
+        settings = replace(self, **{k: v for k, v in given.items() if v is not None})
+        if (wrong := _wrong_kind(settings)) is not None:
+            raise CifarError(f"setting {wrong}")
+        return settings
 
     def differences(self, other: TrainSettings) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
@@ -134,13 +141,17 @@ SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"lookahead": 0.0, "affine_p": 0.
                                                 "aug_fade": 0.0}
 
 
-def _well_typed(settings: TrainSettings) -> bool:
-    """Every field holds its kind of value (ints stay ints; a float field also takes an int; flags are bools)."""
-    return all(setting_problem(f.name, getattr(settings, f.name)) is None for f in fields(settings))
+def _wrong_kind(settings: TrainSettings) -> str | None:
+    """The first field not holding its kind of value, as 'NAME must be ...', or None if every one does."""
+    for f in fields(settings):
+        if (problem := setting_problem(f.name, getattr(settings, f.name))) is not None:
+            return f"{f.name} {problem}"
+    return None
 
 
 def setting_problem(name: str, value: Any) -> str | None:
-    """What is wrong with `value` as the setting `name`, in words ('must be an integer, not '3''), or None."""
+    """What is wrong with `value` as the setting `name`, in words ('must be an integer, not '3''), or None.
+    Ints stay ints; a float field also takes an int; flags are bools."""
     default = next(f.default for f in fields(TrainSettings) if f.name == name)
     wanted = bool if isinstance(default, bool) else (int, float) if isinstance(default, float) else int
     if isinstance(value, bool) != (wanted is bool) or not isinstance(value, wanted):

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cifar_cli.cli.options import (
     TTA,
@@ -39,6 +38,7 @@ from cifar_cli.cli.options import (
 )
 from cifar_cli.interrupts import signal_arrived
 from cifar_cli.terminal import counted, literal
+from cifar_cli.train_progress import RichTrainObserver
 
 if TYPE_CHECKING:
     import torch
@@ -47,48 +47,6 @@ if TYPE_CHECKING:
     from cifar_cli.data import Split
     from cifar_cli.run_plan import RunPlan
     from cifar_cli.runtime import Distributed, Runtime
-
-
-class RichTrainObserver:
-    """Draws the engine's progress: a live bar per epoch, then one summary line."""
-
-    def __init__(self, console: Console, enabled: bool = True):
-        from cifar_cli.report import epoch_line
-
-        self.console, self.epoch_line = console, epoch_line
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=True, disable=not enabled,
-        )
-        self.task = None
-        self.epochs = 0
-
-    def __enter__(self) -> RichTrainObserver:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def stage(self, description: str) -> None:
-        """A step before the first epoch (building the network), shown until the first epoch starts."""
-        self.task = self.progress.add_task(literal(description), total=None, stats="")
-
-    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
-        self.epochs = epochs
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(f"epoch {epoch}/{epochs}", total=steps, completed=done, stats="")
-
-    def step(self, step: int, loss: float, acc: float) -> None:
-        self.progress.update(self.task, completed=step, stats=f"loss {loss:.4f} acc {100 * acc:5.2f}%")
-
-    def epoch_end(self, record: Any) -> None:
-        self.progress.console.print(self.epoch_line(record, self.epochs), soft_wrap=True)
-
-    def notice(self, message: str) -> None:
-        self.progress.console.print(literal(message), soft_wrap=True)
 
 
 # The panels `cifar train --help` groups its options in.

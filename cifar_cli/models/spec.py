@@ -16,9 +16,10 @@ import copy
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,9 @@ class ModelSpec:
     # User networks the user typed: the network the factory returned when resolve_model checked it, kept
     # for the first create_model that would build the very same one (_FirstBuild). Not part of equality.
     first_build: list[_FirstBuild] = field(default_factory=list, compare=False, repr=False)
+    # A network handed over in Python (the API's `model=`, handed_over): that very module is what every
+    # create_model of this spec gives, trained and loaded in place. Not part of equality.
+    instance: nn.Module | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_preset(self) -> bool:
@@ -147,6 +151,8 @@ def create_model(spec: ModelSpec) -> nn.Module:
     handed over instead of a second build when the random stream stands where that build began, the
     stream moved on as the build moved it: the very network and stream a second build would give.
     """
+    if spec.instance is not None:
+        return spec.instance
     if spec.is_preset:
         return PRESETS[spec.name].create(spec.config)
     if not spec.typed:
@@ -158,6 +164,33 @@ def create_model(spec: ModelSpec) -> nn.Module:
         return first.network
     factory, _ = _import_factory(spec.name)
     return _build_user_network(spec.name, factory)
+
+
+def handed_over(network: nn.Module | Callable[[], Any], preset: ModelSpec | None = None) -> ModelSpec:
+    """A network the user hands over in Python (an nn.Module, or a class or function returning one), as a spec
+    whose every create_model gives that very module. `preset`: the preset it was built as, which a
+    checkpoint records instead (so the file alone rebuilds it). Otherwise it is checked as a --model network is
+    and recorded as the user's own, by its source file (or module) and class name: `FILE.py:Class`."""
+    if preset is not None:
+        return replace(preset, instance=network)
+    owner = type(network) if isinstance(network, nn.Module) else network
+    source = _source_file(owner)
+    name = f"{source or getattr(owner, '__module__', 'python')}:{getattr(owner, '__qualname__', 'network')}"
+    if not isinstance(network, nn.Module):
+        with user_code(name, "calling it", every_error=True):
+            network = network()
+    network = _check_user_network(name, network, guarded=False)  # the user's own class stays (picklable)
+    return ModelSpec(name, {}, type(network).__name__, _sha256(source) if source else "", typed=True,
+                     instance=network)
+
+
+def _source_file(owner: object) -> Path | None:
+    """The .py file a class or function was defined in, if it was one (not a notebook cell or the REPL)."""
+    try:
+        source = inspect.getsourcefile(owner)  # type: ignore[arg-type]
+    except (TypeError, OSError):
+        return None
+    return Path(source) if source and source.endswith(".py") and Path(source).is_file() else None
 
 
 def source_changed(recorded: ModelSpec, given: ModelSpec) -> bool:
@@ -255,16 +288,23 @@ def _build_user_network(spec: str, factory: Callable[[], Any]) -> nn.Module:
     """Call the user's factory and check its contract on a real forward pass, in words the user can act on."""
     with user_code(spec, "calling it", every_error=True):
         model = factory()
+    return _check_user_network(spec, model)
+
+
+def _check_user_network(spec: str, model: Any, guarded: bool = True) -> nn.Module:
+    """What every user network must be: an nn.Module with parameters giving N x 10 logits for N x 3 x 32 x 32
+    images, whatever the batch size; its own methods then run as user_code (_guard) if `guarded`."""
     if not isinstance(model, nn.Module):
         raise CifarError(f"--model {spec}: it returned a {type(model).__name__}, not a torch nn.Module")
     if not any(True for _ in model.parameters()):
         raise CifarError(f"--model {spec}: the network has no parameters to train")
-    _guard(spec, model)
-    was_training = model.training
+    if guarded:
+        _guard(spec, model)
+    was_training, device = model.training, next(model.parameters()).device  # one handed over may be on a GPU
     try:
         for n in (2, 3):  # two sizes: a forward that assumes one batch size fails on the other
             with torch.no_grad(), user_code(spec, f"its forward pass on a {n} x 3 x 32 x 32 batch", every_error=True):
-                out = model.eval()(torch.zeros(n, 3, 32, 32))
+                out = model.eval()(torch.zeros(n, 3, 32, 32, device=device))
             _check_logits(spec, out, n, "")
     finally:
         model.train(was_training)
