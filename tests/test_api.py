@@ -139,7 +139,7 @@ def test_a_run_by_name_is_the_run_cifar_train_makes(tiny_data: Path, tmp_path: P
 
 @pytest.mark.parametrize("given, words", [
     ({"learning_rate": 0.1}, "'learning_rate' is not a training setting"),
-    ({"epochs": "2"}, "setting epochs must be a whole number, not '2'"),
+    ({"epochs": "2"}, "setting epochs must be an integer, not '2'"),
     ({"lr": -1.0}, "--lr must be a positive number"),
 ])
 def test_bad_settings_are_refused_before_any_data_is_read(given: dict, words: str, tmp_path: Path) -> None:
