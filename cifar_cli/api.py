@@ -30,7 +30,7 @@ from cifar_cli.models.registry import config_dict
 from cifar_cli.models.spec import handed_over
 from cifar_cli.pictures import load_image, picture_pixels
 from cifar_cli.records import EpochRecord, headline
-from cifar_cli.run_folder import BEST, LAST
+from cifar_cli.run_folder import BEST, JUDGE, LAST, RUN_RECORD, checkpoint_in
 from cifar_cli.run_plan import images_to_judge, plan_run, read_run_data
 from cifar_cli.runtime import Runtime, resolve_device
 from cifar_cli.settings import DEFAULT_MODEL, DEFAULTS, EVAL_BATCH_SIZE, TrainSettings
@@ -39,6 +39,7 @@ from cifar_cli.train_progress import RichTrainObserver
 from cifar_cli.training.evaluation import evaluate as evaluate_split
 from cifar_cli.training.evaluation import predict as class_probabilities
 from cifar_cli.training.session import TrainingInterrupted
+from cifar_cli.trust import network_for, remember
 
 __all__ = ["CifarError", "Evaluation", "Prediction", "TrainedRun", "build", "evaluate", "load", "predict", "train"]
 
@@ -110,8 +111,11 @@ def train(model: Network = DEFAULT_MODEL, *, epochs: int | None = None, seed: in
     given = {"epochs": epochs, "seed": seed, "val_split": val_split, **settings}
     where = resolve_device(device)
     network = model if isinstance(model, str) else _spec(model, {})
-    plan = plan_run(None, given, test=test, augment_on=None, amp=None, model=network, device=where,
-                    tell=lambda line: print(line, file=sys.stderr))
+    plan = plan_run(None, given, test=test, augment_on=None, amp=None, model=network, device=where, tell=_tell)
+    # A network file named as FILE.py:NAME is the user's choice to import it, as --model is: remembered. A module
+    # handed over is not: its file may be the very script that trains it, which must not run again on `load`.
+    for line in remember(plan.network) if isinstance(model, str) else []:
+        _tell(line)
     splits = read_run_data(plan, _data_root(data_dir), download)
     with tempfile.TemporaryDirectory(prefix="cifar-run-") as scratch:
         out_dir = Path(out).expanduser() if out is not None else Path(scratch)
@@ -147,7 +151,7 @@ def load(checkpoint: str | Path, model: Network | None = None, *, device: str = 
     keys, with no wrapper prefixes (no `module.`, `_orig_mod.` or averaging wrapper). A preset is rebuilt from
     the file alone; your own network needs `model` (a module, which is loaded in place, a class, or
     FILE.py:NAME): a checkpoint is never a reason to import code."""
-    path = Path(checkpoint).expanduser()
+    path = _checkpoint_file(checkpoint, JUDGE)
     ckpt = load_checkpoint(path, model if isinstance(model, str) else None)
     return _network(ckpt, _given(ckpt, path, model)).to(resolve_device(device)).eval()
 
@@ -161,7 +165,7 @@ def evaluate(network: str | Path | nn.Module, *, model: Network | None = None, i
     if images not in JUDGED:
         raise CifarError(f"images={images!r}: choose one of {', '.join(JUDGED)}")
     where, root = resolve_device(device), _data_root(data_dir)
-    ckpt, net = _checkpoint_or_module(network, model)
+    ckpt, net = _checkpoint_or_module(network, model, JUDGE if images == "test" else RUN_RECORD)
     if ckpt is not None:
         split = images_to_judge(ckpt, images, root, download)
     elif images == "held-out":
@@ -217,7 +221,7 @@ def _spec(model: Network, config: dict[str, Any]) -> ModelSpec:
 def _given(ckpt: Checkpoint, path: Path, model: Network | None) -> ModelSpec:
     """The network to load a checkpoint into, by the rule every command follows (models.spec_to_build)."""
     if model is None or isinstance(model, str):
-        spec = choose_network(model, ckpt.model, path)
+        spec = network_for(model, ckpt.model, _tell, path)  # a network trained here is remembered (trust.py)
     else:
         spec = spec_to_build(ckpt.model, _spec(model, {}), path)
     if source_changed(ckpt.model, spec):
@@ -230,13 +234,25 @@ def _network(ckpt: Checkpoint, spec: ModelSpec) -> nn.Module:
     return model_from_checkpoint(ckpt, ckpt.source or "the checkpoint", given=spec)
 
 
-def _checkpoint_or_module(network: str | Path | nn.Module,
-                          model: Network | None) -> tuple[Checkpoint | None, nn.Module]:
+def _tell(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _checkpoint_file(checkpoint: str | Path, purpose: str) -> Path:
+    """A checkpoint file, or a run folder's natural file for `purpose` (run_folder.checkpoint_in), said."""
+    path, note = checkpoint_in(Path(checkpoint).expanduser(), purpose)
+    if note:
+        _tell(note)
+    return path
+
+
+def _checkpoint_or_module(network: str | Path | nn.Module, model: Network | None,
+                          purpose: str = JUDGE) -> tuple[Checkpoint | None, nn.Module]:
     if isinstance(network, nn.Module):
         return None, network
     if not isinstance(network, (str, Path)):
         raise CifarError(f"expected a checkpoint's path or an nn.Module, not a {type(network).__name__}")
-    path = Path(network).expanduser()
+    path = _checkpoint_file(network, purpose)
     ckpt = load_checkpoint(path, model if isinstance(model, str) else None)
     return ckpt, _network(ckpt, _given(ckpt, path, model))
 

@@ -115,6 +115,20 @@ def test_a_network_file_trains_by_name_and_a_stop_says_what_was_saved(tiny_data:
     assert load(tmp_path / "run" / "last.safetensors", model=spec).training is False
 
 
+def test_a_network_file_trained_here_loads_from_its_run_folder_without_model(tiny_data: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    spec = write_network(tmp_path / "mynet.py", SMALL_NET)
+    run = train(spec, data_dir=tiny_data, out=tmp_path / "run", val_split=60, **QUICK)
+    net = load(tmp_path / "run")  # the run folder's best.safetensors; the file is trusted: trained here, unchanged
+    said = capsys.readouterr().err
+    assert f"using {tmp_path / 'run' / 'best.safetensors'}" in said and "trained here" in said
+    for name, value in load(run.best, model=spec).state_dict().items():
+        assert torch.equal(net.state_dict()[name], value), name
+    (tmp_path / "mynet.py").write_text((tmp_path / "mynet.py").read_text() + "\n# edited\n")
+    with pytest.raises(CifarError, match="--model"):
+        load(tmp_path / "run")
+
+
 SMALL_NET = """
 class Net(nn.Module):
     def __init__(self):
