@@ -17,6 +17,15 @@ from cifar_cli.terminal import progress_bar
 from cifar_cli.training.evaluation import evaluate
 
 CPU = torch.device("cpu")
+SMALL = """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+"""
 
 
 def _network() -> nn.Module:
@@ -50,3 +59,30 @@ def test_eval_writes_nothing_to_a_stderr_that_is_not_a_terminal(tiny_data: Path)
         assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
         assert result.stderr == ""
     assert json.loads(result.stdout)["images"] == 100
+
+
+def test_train_tells_its_observer_while_it_builds_the_network(splits: tuple, tmp_path: Path) -> None:
+    from conftest import write_network
+
+    from cifar_cli.models import choose_network
+    from cifar_cli.settings import TrainSettings
+    from cifar_cli.training.loop import train
+
+    class Watcher:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def stage(self, description: str) -> None:
+            self.seen.append(f"stage {description}")
+
+        def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+            self.seen.append("epoch")
+
+        def step(self, step: int, loss: float, acc: float) -> None: ...
+        def epoch_end(self, record: object) -> None: ...
+
+    network = write_network(tmp_path / "small.py", SMALL)
+    watcher = Watcher()
+    train(TrainSettings(epochs=1, batch_size=64, lr=0.05), *splits, tmp_path / "run", CPU,
+          model_spec=choose_network(network), observer=watcher)
+    assert watcher.seen[:2] == ["stage preparing the network", "epoch"]

@@ -88,8 +88,10 @@ def setting_option(name: str, flag: str, help: str, kind: type = int, panel: str
 def in_panel(option: Any, panel: str) -> Any:
     """A shared option, listed by one command's --help under `panel`."""
     import copy
+    from typing import get_args
 
-    kind, info = option.__origin__, copy.copy(option.__metadata__[0])
+    kind, info = get_args(option)
+    info = copy.copy(info)
     info.rich_help_panel = panel
     return Annotated[kind, info]
 
