@@ -157,7 +157,7 @@ def train_one_epoch(trainer: Trainer, start: EpochTotals, stop: StopSignals,
     correct = torch.tensor(carried.correct, device=device)
     seen = carried.seen
     first_bad = torch.zeros((), dtype=torch.int64, device=device)
-    done, out_of_memory = start.batches, False
+    done, ran_out = start.batches, False
     try:
         for step, (images, labels) in enumerate(trainer.loader, start=start.batches + 1):
             loss, logits, y = train_step(trainer, images, labels, epoch, step)
@@ -170,8 +170,8 @@ def train_one_epoch(trainer: Trainer, start: EpochTotals, stop: StopSignals,
             if step % LOG_EVERY == 0 or step == trainer.steps_per_epoch or asked_alone:
                 _log_step(trainer, observer, EpochTotals(epoch, step), stop, first_bad, loss_sum, correct, seen)
     except torch.OutOfMemoryError:
-        out_of_memory = True  # raised below, once the error's traceback (which holds the step's tensors) is gone
-    if out_of_memory:
+        ran_out = True  # raised below, once the error's traceback (which holds the step's tensors) is gone
+    if ran_out:
         alone = dist.world == 1 and not first_bad.item()
         raise _OutOfMemory(EpochTotals(epoch, done, loss_sum.item(), int(correct.item()), seen) if alone else None)
     loss_sum, correct, seen = sum_across(dist, device, loss_sum, correct, seen)
