@@ -31,7 +31,7 @@ def test_help_loses_no_words(monkeypatch: pytest.MonkeyPatch, command: str) -> N
 
 
 def test_defaults_that_are_sentences_are_shown_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert "written by cifar train. [default: the one shipped with cifar-cli]" in _help(monkeypatch, "eval")
+    assert "its last.safetensors). [default: the one shipped with cifar-cli]" in _help(monkeypatch, "eval")
     assert "PNG file to write. [default: curves.png next to history.json]" in _help(monkeypatch, "plot")
     train = _help(monkeypatch, "train")
     assert "Epochs to train. [default: 40]" in train
