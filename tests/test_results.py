@@ -243,9 +243,9 @@ def test_plot_of_a_one_epoch_run_shows_its_points(tmp_path: Path) -> None:
         pixels = np.asarray(picture.convert("RGB")).astype(int)
     train_blue = np.abs(pixels - (31, 119, 180)).sum(axis=-1) < 60  # matplotlib's tab:blue, the train series
     columns = np.nonzero(train_blue.any(axis=0))[0]
-    half = pixels.shape[1] // 2
-    for start in (0, half):  # the loss panel, the accuracy panel: the point sits mid-panel, the legend at a side
-        assert any(start + half / 3 < x < start + 2 * half / 3 for x in columns)
+    panel = pixels.shape[1] // 3  # loss, accuracy, learning rate
+    for start in (0, panel):  # the loss panel, the accuracy panel: the point sits mid-panel, the legend at a side
+        assert any(start + panel / 3 < x < start + 2 * panel / 3 for x in columns)
 
 
 def test_the_packaged_checkpoint_is_the_result_the_readme_states(tiny_data: Path) -> None:
