@@ -145,6 +145,18 @@ class Exploit:
 NETWORK_HEADER = "import torch\nfrom torch import nn\nimport torch.nn.functional as F\n\n"
 
 
+# The smallest network a user might write: enough to train, judge and reload in a second.
+SMALL_NET = """
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+"""
+
+
 def write_network(path: Path, body: str) -> str:
     """Write a user's network file and return the --model spec that names it (`path:Net`)."""
     path.write_text(NETWORK_HEADER + body)

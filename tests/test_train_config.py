@@ -10,17 +10,7 @@ import pytest
 import torch
 
 from cifar_cli.checkpoint import load_checkpoint
-from tests.conftest import assert_clean_error, cli, history_without_times, write_network
-
-NET = """
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
-"""
+from tests.conftest import SMALL_NET, assert_clean_error, cli, history_without_times, write_network
 
 
 def _settings(run: Path) -> dict:
@@ -82,7 +72,7 @@ def test_a_bad_settings_file_is_one_line_naming_the_key(text: str, words: list[s
 
 def test_a_settings_file_names_your_network_only_under_the_trust_rule(tiny_data: Path, tmp_path: Path,
                                                                       own_trust_store: Path) -> None:
-    model = write_network(tmp_path / "mynet.py", NET)
+    model = write_network(tmp_path / "mynet.py", SMALL_NET)
     run = ("--data-dir", tiny_data, "--device", "cpu")
     _ok(cli("train", "--model", model, "--epochs", "1", "--batch-size", "32", "--out", tmp_path / "a", *run))
     again = cli("train", "--config", tmp_path / "a", "--epochs", "2", "--out", tmp_path / "b", *run)
@@ -91,7 +81,7 @@ def test_a_settings_file_names_your_network_only_under_the_trust_rule(tiny_data:
     assert _settings(tmp_path / "b")["settings"]["batch_size"] == 32
     # a file that names a network is no reason to import it: never trained here, it is refused
     marker = tmp_path / "IMPORTED"
-    write_network(tmp_path / "planted.py", f"open({str(marker)!r}, 'w').close()\n" + NET)
+    write_network(tmp_path / "planted.py", f"open({str(marker)!r}, 'w').close()\n" + SMALL_NET)
     config = tmp_path / "planted.toml"
     config.write_text(f'model = "{tmp_path / "planted.py"}:Net"\nepochs = 1\n')
     refused = cli("train", "--config", config, "--out", tmp_path / "c", *run)

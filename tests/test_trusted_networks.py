@@ -17,17 +17,8 @@ import pytest
 from PIL import Image
 
 from cifar_cli.checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import assert_clean_error, cli, write_network
+from tests.conftest import SMALL_NET, assert_clean_error, cli, write_network
 
-NET = """
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
-"""
 STORE = Path("cifar-cli") / "trusted-networks.json"
 RUN = ("--device", "cpu", "--batch-size", "32", "--lr", "0.05")
 
@@ -43,7 +34,7 @@ class Trained:
 def mine(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     """mynet.py trained for one epoch with --model, in a config folder of its own."""
     home, config = tmp_path_factory.mktemp("mine"), tmp_path_factory.mktemp("config-mine")
-    model = write_network(home / "mynet.py", NET)
+    model = write_network(home / "mynet.py", SMALL_NET)
     saved = os.environ["XDG_CONFIG_HOME"]
     os.environ["XDG_CONFIG_HOME"] = str(config)
     try:
@@ -66,7 +57,7 @@ def _planted(folder: Path) -> tuple[Path, Path]:
     """A network file that, if ever imported, writes a marker file; returns (file, marker)."""
     marker = folder / "IMPORTED"
     source = folder / "planted.py"
-    write_network(source, f"open({str(marker)!r}, 'w').close()\n" + NET)
+    write_network(source, f"open({str(marker)!r}, 'w').close()\n" + SMALL_NET)
     return source, marker
 
 
@@ -136,7 +127,7 @@ def test_a_damaged_trust_store_is_empty_with_one_warning(mine: Trained, own_trus
     assert sum(line.startswith("warning:") for line in result.stderr.splitlines()) == 1
     assert "treating it as empty" in _one_line(result)
     # training records into a fresh store and keeps the damaged one beside it
-    model = write_network(tmp_path / "other.py", NET)
+    model = write_network(tmp_path / "other.py", SMALL_NET)
     trained = cli("train", "--model", model, "--epochs", "1", "--data-dir", tiny_data, "--out", tmp_path / "r", *RUN)
     assert trained.exit_code == 0, (trained.stdout, trained.stderr, trained.exception)
     assert "treating it as empty" in _one_line(trained)
