@@ -31,14 +31,12 @@ import argparse
 import json
 import math
 import os
-import pickle
 import shlex
 import signal
 import subprocess
 import sys
 import time
 import traceback
-import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable
@@ -46,112 +44,19 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(REPO))  # this checkout's cifar_cli, not another installed copy (children: PYTHONPATH)
 
-from cifar_cli.data import CLASSES, FOLDER  # noqa: E402
+from gpu_children import child_env, cifar, finish, ran, read_json, run_child, start  # noqa: E402
+from gpu_measure import DRY, DRY_IMAGES, NO_CUDA, REAL, Plan, audit_inside, throughput_inside, write_tiny_cifar  # noqa: E402
 
-NO_CUDA = "skipped (no CUDA)"
+from cifar_cli.data import FOLDER  # noqa: E402
+
 OUT_OF_TIME = "skipped (out of time)"
 PASSED, FAILED = "passed", "failed"
-PRETEND = "CIFAR_PRETEND_CAPABILITY"  # cifar_cli.runtime: a lower compute capability, to imitate a T4
 T4 = "7.5"
 GOAL_SECONDS = 30.0
 BUDGET = 510  # seconds: the check within a 10-minute command, with room for start-up
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How much each step does: the real check on a GPU, or tiny for --dry-run."""
-
-    audit_steps: int  # training steps the sync audit watches
-    audit_batch: int  # also the batch of the throughput figures
-    short_epochs: int  # each T4-imitation run
-    val_split: int
-    cli_batch: int
-    final_epochs: int  # step 5
-    timed_batches: int  # batches timed for images/s
-    step_reps: int  # training steps timed, after 3 of warm-up
-    patience: float  # each step's budget, and the default --budget, times this: a shared CPU is slow
-
-
-REAL = Sizes(audit_steps=20, audit_batch=128, short_epochs=4, val_split=5000, cli_batch=128, final_epochs=40,
-             timed_batches=150, step_reps=50, patience=1)
-DRY = Sizes(audit_steps=3, audit_batch=16, short_epochs=3, val_split=20, cli_batch=16, final_epochs=1,
-            timed_batches=2, step_reps=2, patience=5)
-DRY_IMAGES = (20, 40)  # the dry run's CIFAR-10: training images per batch file (of 5), test images
-
-
-@dataclass(frozen=True)
-class Plan:
-    device: str  # "cuda", or "cpu" for --dry-run
-    data_dir: Path
-    out: Path
-    dry_run: bool
-    sizes: Sizes
-
-    @property
-    def cuda(self) -> bool:
-        return self.device == "cuda"
-
-
-# --- running children, each bounded --------------------------------------------------------------------
-
-def child_env(pretend: str | None = None) -> dict[str, str]:
-    """The environment of every child: this checkout first on the path; the capability pretended only
-    where a step asks for it."""
-    env = {k: v for k, v in os.environ.items() if k != PRETEND}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    if pretend:
-        env[PRETEND] = pretend
-    return env
-
-
-def start(cmd: list[str], log: Path, env: dict[str, str], stdout: Path | None = None) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as err:
-        err.write(f"$ {shlex.join(cmd)}\n")
-    err, out = log.open("a"), (stdout.open("w") if stdout else None)
-    try:  # its own session: a child over its budget is stopped with everything it started
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out or err, stderr=err, start_new_session=True)
-    finally:
-        err.close()
-        if out:
-            out.close()
-
-
-def finish(proc: subprocess.Popen, deadline: float) -> int | None:
-    """The child's exit code, or None when it ran past `deadline` (it is then killed, with its group)."""
-    try:
-        return proc.wait(max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return None
-
-
-def run_child(cmd: list[str], log: Path, timeout: float, env: dict[str, str],
-              stdout: Path | None = None) -> tuple[int | None, float]:
-    started = time.monotonic()
-    rc = finish(start(cmd, log, env, stdout), started + timeout)
-    return rc, round(time.monotonic() - started, 2)
-
-
-def cifar(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cifar_cli", *args]
-
-
-def ran(rc: int | None) -> str:
-    return "timed out" if rc is None else f"exit code {rc}"
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 # --- 1. the CUDA tests ------------------------------------------------------------------------------------
@@ -196,64 +101,6 @@ def sync_audit(plan: Plan, timeout: float, variant: str) -> dict:
             "outputs": [f"{name}.log", f"{name}.json"]}
 
 
-def count_syncs(work: Callable[[], object], cuda: bool) -> Counter:
-    """Where the device was waited for while `work` ran: file:line -> times (empty on the CPU)."""
-    import torch
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if cuda:
-            torch.cuda.set_sync_debug_mode("warn")
-        try:
-            work()
-        finally:
-            if cuda:
-                torch.cuda.set_sync_debug_mode("default")
-                torch.cuda.synchronize()
-    return Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
-
-
-def audit_inside(plan: Plan) -> dict:
-    """20 steps of one epoch (train_one_epoch, its every-10-steps reads included) and one evaluation, each
-    after an unwatched warm-up (cuDNN's algorithm search syncs on every new shape)."""
-    import torch
-
-    from cifar_cli.data import Split, load_split
-    from cifar_cli.models import preset_spec
-    from cifar_cli.run_folder import StopSignals
-    from cifar_cli.run_state import EpochTotals
-    from cifar_cli.runtime import Distributed, Runtime
-    from cifar_cli.settings import TrainSettings
-    from cifar_cli.training.evaluation import evaluate
-    from cifar_cli.training.loop import train_one_epoch
-    from cifar_cli.training.session import Silent
-    from cifar_cli.training.trainer import build_trainer
-
-    device, size = torch.device(plan.device), plan.sizes
-    full, test = load_split(plan.data_dir, train=True), load_split(plan.data_dir, train=False)
-    count = size.audit_steps * size.audit_batch
-    split = Split(full.images[:count], full.labels[:count])
-    settings = TrainSettings(epochs=2, batch_size=size.audit_batch)
-    runtime, dist = Runtime(augment_on="device"), Distributed()
-    runtime.configure(device, dist)
-    trainer = build_trainer(settings, preset_spec(), split, device, runtime, dist)
-
-    def epoch(number: int) -> None:
-        train_one_epoch(trainer, EpochTotals(number), StopSignals(), Silent())
-
-    def judge() -> None:
-        evaluate(trainer.eval_model, test, device, amp_dtype=trainer.amp_dtype, tta=settings.tta)
-
-    epoch(1)
-    judge()
-    steps, batches = count_syncs(lambda: epoch(2), plan.cuda), count_syncs(judge, plan.cuda)
-    return {"device": plan.device, "amp": str(trainer.amp_dtype).removeprefix("torch.") if trainer.amp_dtype
-            else None, "steps": size.audit_steps, "train_syncs": dict(steps), "eval_syncs": dict(batches),
-            "every_step": sorted(k for k, n in steps.items() if n >= size.audit_steps),
-            "every_batch": sorted(k for k, n in batches.items() if n > 2),  # the final reads: once each
-            "audited": plan.cuda}
-
-
 # --- 3. the T4 imitation ----------------------------------------------------------------------------------
 
 def short_run(plan: Plan, name: str, extra: list[str], pretend: str | None = None) -> tuple[subprocess.Popen, Path]:
@@ -269,7 +116,7 @@ def run_facts(plan: Plan, name: str, folder: Path, rc: int | None, seconds: floa
     history = read_json(plan.out / f"{name}.json").get("history") or read_json(folder / "history.json")
     history = history if isinstance(history, list) else []
     return {"rc": rc, "seconds": seconds, "amp": read_json(folder / "settings.json").get("amp", "?"),
-            "epochs": len(history), "val_acc": [e.get("val_acc") for e in history],
+            "epochs": len(history), "held_out_acc": [e.get("held_out_acc") for e in history],
             "test_acc": [e.get("test_acc") for e in history], "train_loss": [e.get("train_loss") for e in history]}
 
 
@@ -339,152 +186,6 @@ def throughput(plan: Plan, timeout: float) -> dict:
     problems = ([] if rc == 0 else [ran(rc)]) + errors
     return {"status": FAILED if problems else PASSED, "seconds": seconds, "details": found,
             "error": "; ".join(problems) or None, "outputs": ["4-throughput.log", "4-throughput.json"]}
-
-
-def throughput_inside(plan: Plan, result: Path) -> dict:
-    """Each figure on its own (one failing leaves the others), the file rewritten after each."""
-    import torch
-
-    from cifar_cli.data import load_split
-    from cifar_cli.runtime import Distributed, Runtime, available_cpus
-
-    device, size, found = torch.device(plan.device), plan.sizes, {}
-    Runtime().configure(device, Distributed())
-    train_split, test_split = load_split(plan.data_dir, train=True), load_split(plan.data_dir, train=False)
-    workers = (0, min(8, max(1, available_cpus() - 1))) if plan.cuda else (0,)
-    batch, timed = size.audit_batch, size.timed_batches
-
-    def measure(name: str, figure: Callable[[], object]) -> None:
-        try:
-            found[name] = figure()
-        except Exception as failure:  # noqa: BLE001 - recorded, and the other figures still measured
-            found[name] = {"error": f"{type(failure).__name__}: {failure}"[:600]}
-        result.write_text(json.dumps(found, indent=2))
-
-    measure("loader_images_per_s", lambda: {w: images_per_s(train_split, device, batch, timed, w) for w in workers})
-    measure("device_images_per_s", lambda: images_per_s(train_split, device, batch, timed, None))
-    measure("augment_ms_per_batch", lambda: augment_ms(train_split, device, batch, timed))
-    measure("eval_images_per_s", lambda: eval_rates(test_split, device))
-    measure("step_eager", lambda: step_ms(train_split, device, batch, size.step_reps, False))
-    if plan.cuda:
-        measure("step_compiled", lambda: step_ms(train_split, device, batch, size.step_reps, True))
-    else:
-        measure("step_compiled", lambda: NO_CUDA)
-    return found
-
-
-def images_per_s(split, device, batch: int, timed: int, workers: int | None) -> int:  # noqa: ANN001
-    """Augmented batches delivered per second: by Albumentations in `workers` loader processes, or (None) by
-    the device path (the training set on the device, augmented there). The first batch (start-up) untimed."""
-    from torch.utils.data import DataLoader
-
-    from cifar_cli import device_augment
-    from cifar_cli.augment import BatchAugmenter, train_pipeline
-    from cifar_cli.data import AugmentedBatches, DeviceBatches, EpochBatches
-    from cifar_cli.settings import DEFAULTS
-
-    plan = EpochBatches(len(split), batch, seed=0, odds=DEFAULTS.augment_odds)
-    batches = iter(DeviceBatches(split, plan, device_augment.augment_chunk, device) if workers is None else DataLoader(
-        AugmentedBatches(split, BatchAugmenter(train_pipeline(plan.odds))), batch_sampler=plan,
-        collate_fn=whole_batch, num_workers=workers))
-    next(batches)
-    wait(device)
-    started, count = time.perf_counter(), 0
-    for _, (images, _) in zip(range(timed), batches):
-        count += len(images)
-    wait(device)
-    return round(count / (time.perf_counter() - started))
-
-
-def whole_batch(batch: tuple) -> tuple:
-    return batch  # AugmentedBatches serves whole batches
-
-
-def augment_ms(split, device, batch: int, reps: int) -> dict:  # noqa: ANN001 - a Split and a torch.device
-    """Augmentation alone, ms per batch already on the device: a batch a call, and as the device path
-    does it, a chunk of batches a call."""
-    import torch
-
-    from cifar_cli import device_augment
-    from cifar_cli.data import batches_per_chunk
-    from cifar_cli.settings import DEFAULTS
-
-    per_chunk = batches_per_chunk(device, batch)
-    images = torch.from_numpy(split.images[:batch * per_chunk]).to(device).permute(0, 3, 1, 2)
-    odds, figures = DEFAULTS.augment_odds, {"batches_per_chunk": per_chunk}
-    calls = {"alone": lambda seed: device_augment.augment(images[:batch], seed, odds),
-             "in_chunks": lambda seed: device_augment.augment_chunk(
-                 images, [(seed * per_chunk + k, batch, odds) for k in range(per_chunk)])}
-    for name, call in calls.items():
-        call(0)
-        wait(device)
-        started, count = time.perf_counter(), max(1, reps // (per_chunk if name == "in_chunks" else 1))
-        for seed in range(count):
-            call(seed)
-        wait(device)
-        done = count * (per_chunk if name == "in_chunks" else 1)
-        figures[name] = round(1000 * (time.perf_counter() - started) / done, 3)
-    return figures
-
-
-def eval_rates(split, device) -> dict:  # noqa: ANN001 - a Split and a torch.device
-    """Images/s of evaluate (flip TTA, the card's autocast) at batch 256 and 2048, after a warm-up of each."""
-    from cifar_cli.models import create_model, preset_spec
-    from cifar_cli.runtime import Runtime, memory_format
-    from cifar_cli.training.evaluation import evaluate
-
-    model = create_model(preset_spec()).to(device, memory_format=memory_format(device))
-    dtype, rates = Runtime().amp_dtype(device), {}
-    for batch in (256, 2048):
-        evaluate(model, split, device, batch_size=batch, amp_dtype=dtype, tta=True)
-        started = time.perf_counter()
-        evaluate(model, split, device, batch_size=batch, amp_dtype=dtype, tta=True)  # ends reading the result
-        rates[batch] = round(len(split) / (time.perf_counter() - started))
-    return rates
-
-
-def step_ms(split, device, batch: int, reps: int, compiled: bool) -> dict:  # noqa: ANN001
-    """ms per training step (train_step) on one batch already on the device, and the launches' own share;
-    compiled: also the graphs torch.compile made and its graph breaks."""
-    import torch
-
-    from cifar_cli.models import preset_spec
-    from cifar_cli.runtime import Distributed, Runtime
-    from cifar_cli.settings import TrainSettings
-    from cifar_cli.training.loop import train_step
-    from cifar_cli.training.trainer import build_trainer
-
-    if compiled:
-        torch._dynamo.reset()
-    runtime, began = Runtime(compile=compiled, augment_on="device"), time.perf_counter()
-    runtime.configure(device, Distributed())
-    trainer = build_trainer(TrainSettings(epochs=100, batch_size=batch), preset_spec(), split, device, runtime,
-                            Distributed())
-    images, labels = next(iter(trainer.loader))
-    for step in range(1, 4):  # warm-up: cuDNN's choice of algorithms, compilation
-        train_step(trainer, images, labels, 1, step)
-    wait(device)
-    started = time.perf_counter()
-    for step in range(4, 4 + reps):
-        train_step(trainer, images, labels, 1, step)
-    launched = time.perf_counter()
-    wait(device)
-    done = time.perf_counter()
-    times = {"step_ms": round(1000 * (done - started) / reps, 3),
-             "launch_ms": round(1000 * (launched - started) / reps, 3)}
-    if not compiled:
-        return times
-    counters = getattr(getattr(torch._dynamo, "utils", None), "counters", {})
-    return times | {"compile_and_warm_up_s": round(started - began, 1),
-                    "graphs": counters.get("stats", {}).get("unique_graphs"),
-                    "graph_breaks": sum(counters.get("graph_break", {}).values())}
-
-
-def wait(device) -> None:  # noqa: ANN001 - a torch.device
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --- 5. the real run ---------------------------------------------------------------------------------------
@@ -610,29 +311,6 @@ def probe(cmd: list[str]) -> str:
         return done.stdout or done.stderr
     except (OSError, subprocess.TimeoutExpired) as failure:
         return f"{shlex.join(cmd)}: {failure}"
-
-
-def write_tiny_cifar(root: Path, per_batch: int, test: int) -> Path:
-    """A small CIFAR-10 in the official on-disk format (protocol-2 pickles, channel-major rows), each class
-    its own tint, so that an epoch learns something."""
-    rng = np.random.default_rng(0)
-    tints = rng.uniform(30, 225, (10, 3))
-    folder = root / FOLDER
-    folder.mkdir(parents=True)
-
-    def batch(path: Path, count: int, name: str) -> None:
-        labels = rng.permutation(np.arange(count) % 10)
-        images = (tints[labels][:, None, None] + rng.normal(0, 30, (count, 32, 32, 3))).clip(0, 255).astype(np.uint8)
-        path.write_bytes(pickle.dumps({"batch_label": name, "labels": labels.tolist(),
-                                       "data": images.transpose(0, 3, 1, 2).reshape(count, 3072),
-                                       "filenames": [f"image_{i:05d}.png" for i in range(count)]}, protocol=2))
-
-    for i in range(1, 6):
-        batch(folder / f"data_batch_{i}", per_batch, f"training batch {i} of 5")
-    batch(folder / "test_batch", test, "testing batch 1 of 1")
-    meta = {"num_cases_per_batch": per_batch, "label_names": list(CLASSES), "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return root
 
 
 def inside_args(plan: Plan) -> list[str]:
