@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_constraints_pin_every_requirement_inside_its_range():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    extras = [r for optional in project["optional-dependencies"].values() for r in optional]
+    requirements = [Requirement(r) for r in project["dependencies"] + extras]
     pins = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
