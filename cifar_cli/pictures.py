@@ -21,6 +21,16 @@ MAX_IMAGE_PIXELS = 64_000_000  # a 64-megapixel photo; more is a decompression b
 PICTURE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 HEADER_BYTES = 16  # what Pillow looks at to recognise a format
 OTHER_DOCUMENTS = ((b"%PDF-", "a PDF document"), (b"<svg", "an SVG drawing"), (b"<?xml", "an XML document"))
+# The first test image of each class, as PNG (scripts/make_examples.py): pictures to try a network on that
+# need no download (cifar app's examples; cifar export's check when the test set is not at hand).
+EXAMPLES = Path(__file__).parent / "examples"
+
+
+def example_pictures() -> list[Path]:
+    """The example pictures, one per class, in CIFAR-10's class order."""
+    from cifar_cli.data import CLASSES
+
+    return [EXAMPLES / f"{name}.png" for name in CLASSES]
 
 
 def load_image(path: Path, size: int = 32, noted: Callable[[str], None] | None = None) -> np.ndarray:
