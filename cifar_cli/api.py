@@ -25,12 +25,13 @@ from torch import nn
 from cifar_cli.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
 from cifar_cli.data import CLASSES, MEAN, STD, default_data_dir, eval_split
 from cifar_cli.errors import CifarError
-from cifar_cli.models import PRESETS, ModelSpec, choose_network, create_model, source_changed, spec_to_build
+from cifar_cli.models import PRESETS, ModelSpec, choose_network, create_model, spec_to_build
 from cifar_cli.models.registry import config_dict
 from cifar_cli.models.spec import handed_over
+from cifar_cli.opening import Opened, open_checkpoint
 from cifar_cli.pictures import load_image, picture_pixels
 from cifar_cli.records import EpochRecord, headline
-from cifar_cli.run_folder import BEST, JUDGE, LAST, RUN_RECORD, checkpoint_in
+from cifar_cli.run_folder import BEST, JUDGE, LAST, RUN_RECORD
 from cifar_cli.run_plan import images_to_judge, plan_run, read_run_data
 from cifar_cli.runtime import Runtime, resolve_device
 from cifar_cli.settings import DEFAULT_MODEL, DEFAULTS, EVAL_BATCH_SIZE, TrainSettings
@@ -39,7 +40,7 @@ from cifar_cli.train_progress import RichTrainObserver
 from cifar_cli.training.evaluation import evaluate as evaluate_split
 from cifar_cli.training.evaluation import predict as class_probabilities
 from cifar_cli.training.session import TrainingInterrupted
-from cifar_cli.trust import network_for, remember
+from cifar_cli.trust import remember
 
 __all__ = ["CifarError", "Evaluation", "Prediction", "TrainedRun", "build", "evaluate", "load", "predict", "train"]
 
@@ -151,9 +152,7 @@ def load(checkpoint: str | Path, model: Network | None = None, *, device: str = 
     keys, with no wrapper prefixes (no `module.`, `_orig_mod.` or averaging wrapper). A preset is rebuilt from
     the file alone; your own network needs `model` (a module, which is loaded in place, a class, or
     FILE.py:NAME): a checkpoint is never a reason to import code."""
-    path = _checkpoint_file(checkpoint, JUDGE)
-    ckpt = load_checkpoint(path, model if isinstance(model, str) else None)
-    return _network(ckpt, _given(ckpt, path, model)).to(resolve_device(device)).eval()
+    return _open(checkpoint, model, JUDGE).network.to(resolve_device(device)).eval()
 
 
 def evaluate(network: str | Path | nn.Module, *, model: Network | None = None, images: str = "test",
@@ -218,16 +217,19 @@ def _spec(model: Network, config: dict[str, Any]) -> ModelSpec:
     return handed_over(model, _BUILT_AS.get(model) if isinstance(model, nn.Module) else None)
 
 
-def _given(ckpt: Checkpoint, path: Path, model: Network | None) -> ModelSpec:
-    """The network to load a checkpoint into, by the rule every command follows (models.spec_to_build)."""
-    if model is None or isinstance(model, str):
-        spec = network_for(model, ckpt.model, _tell, path)  # a network trained here is remembered (trust.py)
-    else:
-        spec = spec_to_build(ckpt.model, _spec(model, {}), path)
-    if source_changed(ckpt.model, spec):
-        warnings.warn(f"{spec.name} has changed since {path} was written (its source file's hash differs); "
-                      "going on with the file as it is now", stacklevel=3)
-    return spec
+def _open(checkpoint: str | Path, model: Network | None, purpose: str) -> Opened:
+    """A checkpoint (or run folder) and its network, by the rule every command follows (opening.py); a
+    module, class or function handed over as `model` is the network to load it into."""
+    def handed(ckpt: Checkpoint, path: Path) -> ModelSpec:
+        return spec_to_build(ckpt.model, _spec(model, {}), path)
+
+    typed = model if isinstance(model, str) else None
+    opened = open_checkpoint(Path(checkpoint), typed, _tell, purpose,
+                             choose=None if model is None or typed is not None else handed)
+    if opened.source_changed:
+        warnings.warn(f"{opened.spec.name} has changed since {opened.path} was written (its source file's hash "
+                      "differs); going on with the file as it is now", stacklevel=3)
+    return opened
 
 
 def _network(ckpt: Checkpoint, spec: ModelSpec) -> nn.Module:
@@ -238,23 +240,14 @@ def _tell(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _checkpoint_file(checkpoint: str | Path, purpose: str) -> Path:
-    """A checkpoint file, or a run folder's natural file for `purpose` (run_folder.checkpoint_in), said."""
-    path, note = checkpoint_in(Path(checkpoint).expanduser(), purpose)
-    if note:
-        _tell(note)
-    return path
-
-
 def _checkpoint_or_module(network: str | Path | nn.Module, model: Network | None,
                           purpose: str = JUDGE) -> tuple[Checkpoint | None, nn.Module]:
     if isinstance(network, nn.Module):
         return None, network
     if not isinstance(network, (str, Path)):
         raise CifarError(f"expected a checkpoint's path or an nn.Module, not a {type(network).__name__}")
-    path = _checkpoint_file(network, purpose)
-    ckpt = load_checkpoint(path, model if isinstance(model, str) else None)
-    return ckpt, _network(ckpt, _given(ckpt, path, model))
+    opened = _open(network, model, purpose)
+    return opened.ckpt, opened.network
 
 
 def _data_root(data_dir: str | Path | None) -> Path:

@@ -244,12 +244,18 @@ def write_mistakes_grid(images: np.ndarray, titles: list[str], path: Path, headi
     _save(fig, path)
 
 
+def cam_overlay(image: np.ndarray, heat: np.ndarray, opacity: float) -> np.ndarray:
+    """A heat map (H x W in 0..1) in the jet colours laid over a uint8 H x W x 3 picture: float RGB in 0..1."""
+    from matplotlib import colormaps
+
+    return (1 - opacity) * image / 255.0 + opacity * colormaps["jet"](heat)[..., :3]
+
+
 def write_gradcam_sheet(images: np.ndarray, maps: np.ndarray, titles: list[str], path: Path, heading: str,
                         opacity: float = 0.5) -> None:
     """Per image: the image, its Grad-CAM heat map, and the map laid over the image (two sets a row
     when there are more than four images, so the sheet stays readable on one screen)."""
     plt = _pyplot()
-    from matplotlib import colormaps
 
     sets = 2 if len(images) > 4 else 1
     rows = -(-len(images) // sets)
@@ -259,7 +265,7 @@ def write_gradcam_sheet(images: np.ndarray, maps: np.ndarray, titles: list[str],
         ax.axis("off")
     for i, (image, heat, title) in enumerate(zip(images, maps, titles)):
         row, first = i // sets, 3 * (i % sets)
-        overlay = (1 - opacity) * image / 255.0 + opacity * colormaps["jet"](heat)[..., :3]
+        overlay = cam_overlay(image, heat, opacity)
         panels = ((image, "nearest", None), (heat, "bilinear", "jet"), (overlay, "bilinear", None))
         for k, (picture, interpolation, cmap) in enumerate(panels):
             ax = axes[row][first + k]

@@ -161,26 +161,20 @@ class CheckpointOptions:
         """The checkpoint (the packaged one by default; a run folder's natural file for `purpose`, see
         run_folder.checkpoint_in), its network on the device (a user network needs the user's --model), and
         the TTA choice (the training default unless given)."""
-        from cifar_cli.checkpoint import PACKAGED_CHECKPOINT, load_checkpoint, model_from_checkpoint
-        from cifar_cli.models import source_changed
-        from cifar_cli.run_folder import checkpoint_in
+        from cifar_cli.checkpoint import PACKAGED_CHECKPOINT
+        from cifar_cli.opening import open_checkpoint
         from cifar_cli.runtime import resolve_device
-        from cifar_cli.trust import network_for
 
         if path is None:
             if not PACKAGED_CHECKPOINT.is_file():
                 raise CifarError(f"no checkpoint given and the packaged one is missing ({PACKAGED_CHECKPOINT}); "
                                  "pass a .safetensors file written by cifar train")
             path = PACKAGED_CHECKPOINT
-        path, note = checkpoint_in(path, purpose)
-        say(note)
-        ckpt = load_checkpoint(path, self.model)  # expands ~ itself
-        spec = network_for(self.model, ckpt.model, say, path)
-        warn_if_changed(spec, ckpt, source_changed(ckpt.model, spec))
-        network = model_from_checkpoint(ckpt, path, given=spec)
+        opened = open_checkpoint(path, self.model, say, purpose)
+        warn_if_changed(opened.spec, opened.ckpt, opened.source_changed)
         torch_device = resolve_device(DeviceName(self.device).value)
         tta = DEFAULTS.tta if self.tta is None else self.tta
-        return Loaded(path, ckpt, network.to(torch_device), torch_device, tta)
+        return Loaded(opened.path, opened.ckpt, opened.network.to(torch_device), torch_device, tta)
 
 
 def say(line: str | None) -> None:
