@@ -1,8 +1,8 @@
 """The `cifar` command: parses options, calls the core modules, prints what they return; it decides nothing.
 
 The commands live by what users do with them: inspect (models, summary, receptive-field, augment-preview,
-plot), train, checkpoints (eval, predict, convert) and explain (mistakes, gradcam, lr-find); options.py holds
-what they share. Everything that came from the user or from a file is printed through terminal.literal.
+plot), train, checkpoints (eval, predict, convert), explain (mistakes, gradcam, lr-find) and serve (app);
+options.py holds what they share. Everything that came from the user or from a file is printed through terminal.literal.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from cifar_cli import __version__
-from cifar_cli.cli import checkpoints, explain, inspect, train
+from cifar_cli.cli import checkpoints, explain, inspect, serve, train
 from cifar_cli.cli.options import error, out, output_lost, stdout_lost
 
 app = typer.Typer(
@@ -54,6 +54,7 @@ app.command("gradcam")(explain.gradcam)
 app.command("lr-find")(explain.lr_find)
 app.command("plot")(inspect.plot)
 app.command("convert")(checkpoints.convert)
+app.command("app")(serve.app)
 
 
 def usage_error(e: Any) -> None:

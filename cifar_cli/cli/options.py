@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the commands import the heavy modules (torch) only when the
     from torch import nn
 
     from cifar_cli.checkpoint import Checkpoint
+    from cifar_cli.models import ModelSpec
 
 out = console()
 err = console(stderr=True)
@@ -134,13 +135,15 @@ def expand(path: Path | None) -> Path | None:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A checkpoint ready to run: where it came from, what it holds, its network on the device, and TTA."""
+    """A checkpoint ready to run: where it came from, what it holds, its network on the device, TTA, and which
+    network that is."""
 
     path: Path
     ckpt: Checkpoint
     network: nn.Module
     device: torch.device
     tta: bool
+    spec: ModelSpec  # the network built: the checkpoint's preset, or the user's file as typed or trusted
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ class CheckpointOptions:
         warn_if_changed(opened.spec, opened.ckpt, opened.source_changed)
         torch_device = resolve_device(DeviceName(self.device).value)
         tta = DEFAULTS.tta if self.tta is None else self.tta
-        return Loaded(opened.path, opened.ckpt, opened.network.to(torch_device), torch_device, tta)
+        return Loaded(opened.path, opened.ckpt, opened.network.to(torch_device), torch_device, tta, opened.spec)
 
 
 def say(line: str | None) -> None:
