@@ -77,6 +77,20 @@ def predicted(picture: Path, *checkpoint: str) -> dict:
     return {t["class"]: t["probability"] for t in json.loads(result.stdout)["predictions"][0]["top"]}
 
 
+def test_the_example_pictures_are_the_first_test_image_of_each_class():
+    from cifar_cli.data import CLASSES, load_split
+    from cifar_cli.pictures import example_pictures, load_image
+
+    pictures = example_pictures()
+    assert [p.stem for p in pictures] == list(CLASSES) and all(p.is_file() for p in pictures)
+    if REAL_DATA is None:
+        pytest.skip("the full CIFAR-10 is not there: set CIFAR_DATA_DIR to check the pixels")
+    test = load_split(REAL_DATA, train=False)
+    for label, picture in enumerate(pictures):
+        first = int(np.flatnonzero(test.labels == label)[0])
+        assert np.array_equal(load_image(picture), test.images[first]), picture.name
+
+
 def test_without_the_app_extra_the_command_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)
     assert_clean_error(cli("app"), "cifar app needs gradio", "pip install 'cifar-cli[app]'")
