@@ -13,6 +13,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from cifar_cli.terminal import console
 from cifar_cli.train_progress import RichTrainObserver
 from cifar_cli.training.evaluation import evaluate as evaluate_split
 from cifar_cli.training.evaluation import predict as class_probabilities
-from cifar_cli.training.session import TrainingInterrupted
+from cifar_cli.training.session import Observers, TrainingInterrupted
 from cifar_cli.trust import remember
 
 __all__ = ["CifarError", "Evaluation", "Prediction", "TrainedRun", "build", "evaluate", "load", "predict", "train"]
@@ -104,15 +105,17 @@ def build(model: Network = DEFAULT_MODEL, **config: Any) -> nn.Module:
 def train(model: Network = DEFAULT_MODEL, *, epochs: int | None = None, seed: int | None = None,
           val_split: int | None = None, data_dir: str | Path | None = None, out: str | Path | None = None,
           device: str = "auto", download: bool = False, test: bool = True, overwrite: bool = False,
-          progress: bool = True, **settings: Any) -> TrainedRun:
+          progress: bool = True, tensorboard: bool = False, **settings: Any) -> TrainedRun:
     """Train as `cifar train` does: its settings (any TrainSettings field as a keyword, e.g. lr=0.05,
     batch_size=64; the defaults unless given), its loop, checkpoints and run folder in `out` (a temporary
     folder, deleted afterwards, when None). A name builds a fresh network from `seed` as `--model` does; a
-    module is trained in place, from the weights it holds. `progress`: a live bar and a line per epoch."""
+    module is trained in place, from the weights it holds. `progress`: a live bar and a line per epoch;
+    `tensorboard`: TensorBoard events in `out`/tensorboard/, as `cifar train --tensorboard` writes them."""
     given = {"epochs": epochs, "seed": seed, "val_split": val_split, **settings}
     where = resolve_device(device)
     network = model if isinstance(model, str) else _spec(model, {})
     plan = plan_run(None, given, test=test, augment_on=None, amp=None, model=network, device=where, tell=_tell)
+    board = _tensorboard_log(out, plan) if tensorboard else None
     # A network file named as FILE.py:NAME is the user's choice to import it, as --model is: remembered. A module
     # handed over is not: its file may be the very script that trains it, which must not run again on `load`.
     for line in remember(plan.network) if isinstance(model, str) else []:
@@ -120,7 +123,7 @@ def train(model: Network = DEFAULT_MODEL, *, epochs: int | None = None, seed: in
     splits = read_run_data(plan, _data_root(data_dir), download)
     with tempfile.TemporaryDirectory(prefix="cifar-run-") as scratch:
         out_dir = Path(out).expanduser() if out is not None else Path(scratch)
-        result = _run(plan, splits, out_dir, where, overwrite, progress, kept=out is not None)
+        result = _run(plan, splits, out_dir, where, overwrite, progress, kept=out is not None, board=board)
         trained = _network(load_checkpoint(out_dir / LAST), plan.network).to(where).eval()
     summed = headline(result.history)
     kept = out is not None
@@ -130,21 +133,31 @@ def train(model: Network = DEFAULT_MODEL, *, epochs: int | None = None, seed: in
 
 
 def _run(plan: Any, splits: tuple, out_dir: Path, device: torch.device, overwrite: bool, progress: bool,
-         kept: bool) -> Any:
-    """The run itself (training.loop.train), drawn live when `progress`; a stop (interrupting the kernel,
-    Ctrl-C) saves as `cifar train` does and ends as a KeyboardInterrupt saying what was saved (nothing is
-    kept of a run in a temporary folder)."""
+         kept: bool, board: Any = None) -> Any:
+    """The run itself (training.loop.train), drawn live when `progress` (and logged to `board`, a TensorBoard
+    log); a stop (interrupting the kernel, Ctrl-C) saves as `cifar train` does and ends as a
+    KeyboardInterrupt saying what was saved (nothing is kept of a run in a temporary folder)."""
     from cifar_cli.training.loop import train as run_training
 
     runtime = Runtime(amp=plan.choices.amp, augment_on=plan.choices.augment_on)
     try:
-        with RichTrainObserver(console(stderr=True), enabled=progress) as observer:
+        with RichTrainObserver(console(stderr=True), enabled=progress) as bar, board or nullcontext():
             return run_training(plan.settings, *splits, out_dir, device, model_spec=plan.network, runtime=runtime,
-                                observer=observer if progress else None, overwrite=overwrite)
+                                observer=Observers(bar if progress else None, board), overwrite=overwrite)
     except TrainingInterrupted as stop:
         saved = stop.kept if stop.checkpoint is None else f"saved {stop.checkpoint}" if kept else \
             "nothing was kept: pass out= to keep the run"
         raise KeyboardInterrupt(f"training stopped at epoch {stop.epoch}, step {stop.step}; {saved}") from None
+
+
+def _tensorboard_log(out: str | Path | None, plan: Any) -> Any:
+    """tensorboard=True's log, its extra and folder checked before the run starts; it needs a kept run."""
+    from cifar_cli.tensorboard_log import TensorBoardLog, check_folder
+
+    if out is None:
+        raise CifarError("tensorboard=True writes into out/tensorboard/: pass out= to keep the run and its events")
+    check_folder(Path(out).expanduser(), resuming=False)
+    return TensorBoardLog(Path(out).expanduser(), plan.settings, plan.network.name)
 
 
 def load(checkpoint: str | Path, model: Network | None = None, *, device: str = "cpu") -> nn.Module:

@@ -302,6 +302,22 @@ def write_lr_plot(finding: object, path: Path, current_lr: float) -> None:
 
 
 def write_confusion_matrix(result: EvalResult, path: Path, heading: str) -> None:
+    """The confusion matrix as a PNG file (confusion_figure)."""
+    _save(confusion_figure(result, heading), path)
+
+
+def confusion_image(result: EvalResult, heading: str) -> np.ndarray:
+    """The confusion matrix as an RGB picture in memory (uint8 H x W x 3), drawn as confusion_figure draws it."""
+    plt = _pyplot()
+    fig = confusion_figure(result, heading)
+    try:
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    finally:
+        plt.close(fig)
+
+
+def confusion_figure(result: EvalResult, heading: str):  # noqa: ANN201 - a matplotlib figure
     """The confusion matrix as a picture: one cell per (true, predicted) pair with its count, shaded by the
     share of the true class's images it holds, class names on both axes."""
     plt = _pyplot()
@@ -318,4 +334,4 @@ def write_confusion_matrix(result: EvalResult, path: Path, heading: str) -> None
     ax.set_yticks(range(n), result.classes)
     ax.set(xlabel="predicted class", ylabel="true class", title=heading)
     fig.tight_layout()
-    _save(fig, path)
+    return fig

@@ -243,20 +243,22 @@ def what_is_saved(out_dir: Path) -> str:
 
 
 def resume_command(checkpoint: Path, data_dir: Path | None = None, model: str | None = None,
-                   device: str = "auto") -> str:
+                   device: str = "auto", tensorboard: bool = False) -> str:
     """resume_argv as a line to paste into a shell (quoted)."""
-    return shell_command(resume_argv(checkpoint, data_dir, model, device))
+    return shell_command(resume_argv(checkpoint, data_dir, model, device, tensorboard))
 
 
 def resume_argv(checkpoint: Path, data_dir: Path | None = None, model: str | None = None,
-                device: str = "auto") -> list[str]:
+                device: str = "auto", tensorboard: bool = False) -> list[str]:
     """The command that continues a stopped run: what it cannot read from the checkpoint is repeated (the
-    data, the user's own network, which is never imported because a file names it, and the device); the
-    run's own choices (settings, --no-test, --augment-on, --amp) are kept by the resumed run."""
+    data, the user's own network, which is never imported because a file names it, the device, and
+    --tensorboard, an output the run's settings do not hold); the run's own choices (settings, --no-test,
+    --augment-on, --amp) are kept by the resumed run."""
     return ["cifar", "train", "--resume", str(checkpoint),
             *(["--data-dir", str(data_dir)] if data_dir else []),
             *(["--model", model] if model and ":" in model else []),
-            *(["--device", device] if device != "auto" else [])]
+            *(["--device", device] if device != "auto" else []),
+            *(["--tensorboard"] if tensorboard else [])]
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -129,6 +130,12 @@ def train(
         help="Replace the run already in --out (without it, a run there is never written over). The old run is "
         "kept in --out/.replaced until the new run saves its first checkpoint (at the end of its first epoch), "
         "then deleted; if the new run stops before then, the old run is put back.")] = False,
+    tensorboard: Annotated[bool, typer.Option(
+        "--tensorboard", rich_help_panel=OUTPUT,
+        help=helped("Also write each epoch's loss, accuracy, lr and time, the confusion matrix every few epochs and "
+                    "the settings as TensorBoard events into --out/tensorboard/, for tensorboard --logdir runs "
+                    "(needs pip install 'cifar-cli[tensorboard]'); a resumed run adds to them.")),
+    ] = False,
     as_json: in_panel(Json, OUTPUT) = False,
 ) -> None:
     """Train the network with live progress; saves last/best .safetensors checkpoints and history.json.
@@ -154,13 +161,14 @@ def train(
         device=torch_device, tell=say, start=start)
     if checkpoint is not None:
         warn_if_changed(plan.network, checkpoint, source_changed(checkpoint.model, plan.network))
+    out_dir = expand(out_dir) or default_out_dir(resume)
+    board = _tensorboard_log(out_dir, plan, checkpoint is not None) if tensorboard else None
     dist = init_distributed(torch_device)
     if dist.main:
         for line in remember(plan.network):  # a network file the user typed is trusted from now on (trust.py)
             say(line)
         for note in plan.notes:
             err.print(f"note: {literal(note)}", soft_wrap=True)
-    out_dir = expand(out_dir) or default_out_dir(resume)
     with long_step("reading the CIFAR-10 images", as_json=as_json or not dist.main):
         train_split, test_split = read_run_data(plan, data_dir_or_default(data_dir), download, dist)
     console = err if as_json else out
@@ -171,25 +179,27 @@ def train(
     runtime = Runtime(workers=workers, amp=plan.choices.amp, compile=compile_model,
                       augment_on=plan.choices.augment_on)
     result = _run(plan, (train_split, test_split), out_dir, torch_device, runtime, checkpoint, dist, overwrite, console,
-                  lambda saved: resume_command(saved, data_dir, model, DeviceName(device).value))
+                  lambda saved: resume_command(saved, data_dir, model, DeviceName(device).value, tensorboard),
+                  board if dist.main else None)
     if dist.main:
         print_json(result.to_dict()) if as_json else out.print(train_footer(result), soft_wrap=True)
 
 
 def _run(plan: RunPlan, splits: tuple[Split, Split | None], out_dir: Path, device: torch.device, runtime: Runtime,
          checkpoint: Checkpoint | None, dist: Distributed, overwrite: bool, console: Console,
-         resume_with: Callable[[Path], str]) -> Any:
-    """The run itself, with live progress; a stop by a signal says what was saved and how to resume."""
+         resume_with: Callable[[Path], str], board: Any = None) -> Any:
+    """The run itself, with live progress (and `board`, a TensorBoard log, told the same); a stop by a
+    signal says what was saved and how to resume."""
     from cifar_cli.run_folder import what_is_saved
     from cifar_cli.runtime import shutdown_distributed
     from cifar_cli.training.loop import train as run_training
-    from cifar_cli.training.session import TrainingInterrupted
+    from cifar_cli.training.session import Observers, TrainingInterrupted
 
     try:
-        with RichTrainObserver(console, enabled=dist.main) as observer:
+        with RichTrainObserver(console, enabled=dist.main) as progress, board or nullcontext():
             result = run_training(plan.settings, *splits, out_dir, device, model_spec=plan.network, runtime=runtime,
-                                  resume=checkpoint, observer=observer, dist=dist, overwrite=overwrite,
-                                  start_from=plan.start.init_from)
+                                  resume=checkpoint, observer=Observers(progress, board), dist=dist,
+                                  overwrite=overwrite, start_from=plan.start.init_from)
         shutdown_distributed(together=True)
         return result
     except TrainingInterrupted as stop:
@@ -210,6 +220,14 @@ def _run(plan: RunPlan, splits: tuple[Split, Split | None], out_dir: Path, devic
         raise typer.Exit(128 + signal.SIGINT) from None
     finally:
         shutdown_distributed()
+
+
+def _tensorboard_log(out_dir: Path, plan: RunPlan, resuming: bool) -> Any:
+    """--tensorboard's log of the run, its extra and folder checked before the run starts."""
+    from cifar_cli.tensorboard_log import TensorBoardLog, check_folder
+
+    check_folder(out_dir, resuming)
+    return TensorBoardLog(out_dir, plan.settings, plan.network.name)
 
 
 def train_header(plan: RunPlan, device: Any, world: int, train_size: int, test_size: int | None, out_dir: Path,

@@ -49,12 +49,16 @@ class TrainingInterrupted(Exception):
 
 
 class TrainObserver(Protocol):
-    """What the loop reports while it runs; the CLI draws it, tests may ignore it."""
+    """What the loop reports while it runs; the CLI draws it, tests may ignore it. `notice`, `stage` and
+    `epoch_measured` are optional: the loop asks an observer whether it has them."""
 
     def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
     def step(self, step: int, loss: float, acc: float) -> None: ...
     def epoch_end(self, record: EpochRecord) -> None: ...
     def notice(self, message: str) -> None: ...  # something done to the run folder the user must know of
+    # An epoch judged, before any of it is saved (a crash then makes a resume judge it again), with what
+    # each split's evaluation found ("test", "held_out"): the confusion matrices the record leaves out.
+    def epoch_measured(self, record: EpochRecord, results: dict[str, EvalResult]) -> None: ...
 
 
 class Silent:
@@ -63,6 +67,37 @@ class Silent:
     def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
     def step(self, step: int, loss: float, acc: float) -> None: ...
     def epoch_end(self, record: EpochRecord) -> None: ...
+
+
+class Observers:
+    """Several observers told the same things in turn (the progress people watch, a TensorBoard log), each
+    what it listens to."""
+
+    def __init__(self, *observers: object):
+        self.observers = [o for o in observers if o is not None]
+
+    def _tell(self, event: str, *args: object) -> None:
+        for observer in self.observers:
+            if hasattr(observer, event):
+                getattr(observer, event)(*args)
+
+    def stage(self, description: str) -> None:
+        self._tell("stage", description)
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        self._tell("epoch_start", epoch, epochs, steps, done)
+
+    def step(self, step: int, loss: float, acc: float) -> None:
+        self._tell("step", step, loss, acc)
+
+    def epoch_measured(self, record: EpochRecord, results: dict[str, EvalResult]) -> None:
+        self._tell("epoch_measured", record, results)
+
+    def epoch_end(self, record: EpochRecord) -> None:
+        self._tell("epoch_end", record)
+
+    def notice(self, message: str) -> None:
+        self._tell("notice", message)
 
 
 @dataclass
@@ -105,6 +140,9 @@ def judge_epoch(session: Session, totals: EpochTotals, test_split: Split | Devic
         test_loss=test.loss if test else None, test_acc=test.accuracy if test else None,
         lr=trainer.optimizer.param_groups[0]["lr"], seconds=seconds, images=totals.seen,
         held_out_loss=held.loss if held else None, held_out_acc=held.accuracy if held else None)
+    if hasattr(session.observer, "epoch_measured"):
+        results = {name: result for name, result in (("test", test), ("held_out", held)) if result is not None}
+        session.observer.epoch_measured(record, results)
     state.history.append(record)
     state.position = None
     # In this order, so that a write failing part-way (a full disk) never leaves best.safetensors ahead of
