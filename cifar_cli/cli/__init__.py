@@ -1,7 +1,7 @@
 """The `cifar` command: parses options, calls the core modules, prints what they return; it decides nothing.
 
 The commands live by what users do with them: inspect (models, summary, receptive-field, augment-preview,
-plot), train, checkpoints (eval, predict, convert), explain (mistakes, gradcam, lr-find) and serve (app);
+plot), train, checkpoints (eval, predict, convert, export), explain (mistakes, gradcam, lr-find) and serve (app);
 options.py holds what they share. Everything that came from the user or from a file is printed through terminal.literal.
 """
 
@@ -54,6 +54,7 @@ app.command("gradcam")(explain.gradcam)
 app.command("lr-find")(explain.lr_find)
 app.command("plot")(inspect.plot)
 app.command("convert")(checkpoints.convert)
+app.command("export")(checkpoints.export)
 app.command("app")(serve.app)
 
 

@@ -1,4 +1,4 @@
-"""The commands that use a checkpoint as it is: eval, predict, convert."""
+"""The commands that use a checkpoint as it is: eval, predict, convert, export."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from rich.panel import Panel
 
 from cifar_cli.cli.options import (
+    CheckpointArg,
     CheckpointOptions,
     CheckpointPath,
     Json,
@@ -23,10 +24,16 @@ from cifar_cli.cli.options import (
     out,
     print_json,
     runs_checkpoint,
+    say,
 )
 from cifar_cli.errors import CifarError
 from cifar_cli.settings import EVAL_BATCH_SIZE
 from cifar_cli.terminal import literal
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    state_dict = "state_dict"
 
 
 class EvalImages(str, Enum):
@@ -168,3 +175,49 @@ def convert(
     ckpt = convert_pytorch_checkpoint(source, target, choose_network(model))
     out.print(f"Wrote {literal(target)} ({counted(len(ckpt.model_state), 'tensor')}, "
               f"{literal(ckpt.model.describe())})", soft_wrap=True)
+
+
+@fails_cleanly
+@runs_checkpoint(device=False)
+def export(
+    out_file: Annotated[Path, typer.Option(
+        "--out", "-o", dir_okay=False, show_default=False,
+        help="The file to write: model.onnx (--format onnx) or model.pt (--format state_dict).")],
+    checkpoint: CheckpointArg = None,
+    file_format: Annotated[ExportFormat, typer.Option(
+        "--format", help=helped("onnx: normalisation and TTA inside, RGB in 0..1 in, logits out, class names in "
+                                "its metadata (needs the [export] extra); state_dict: the network's weights under "
+                                "its own names, for torch.load(weights_only=True) into your own class."))
+    ] = ExportFormat.onnx,
+    images: Annotated[int, typer.Option(
+        "--images", min=2, help="How many of the test set's first images the file is checked on before it is "
+                                "written (the 10 example pictures shipped with cifar-cli where the test set is "
+                                "not in --data-dir).")] = 1000,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
+    as_json: Json = False,
+    *,
+    options: CheckpointOptions,
+) -> None:
+    """Export a checkpoint's network for use without cifar-cli: an ONNX model (torch.onnx's dynamo exporter,
+    any batch size) or a PyTorch state_dict, in float32, exported on the CPU.
+
+    The file is checked before it is written: the network in torch and the file (in onnxruntime, or reloaded
+    into the network) on real images, the same class for every image and logits within 1e-4 (the state_dict:
+    identical). A file that fails is not written, and the command exits 2.
+    """
+    from cifar_cli.export import Source, check_target, export_network, images_to_check
+
+    out_file = check_target(out_file, file_format.value, overwrite)
+    run = options.load(checkpoint)
+    with long_step("reading the images to check the export on", as_json=as_json):
+        check = images_to_check(options.data_root, images, options.download)
+    say(check.description)
+    with long_step(f"exporting to {file_format.value} and checking it", as_json=as_json):
+        exported = export_network(Source(run.network, run.ckpt, run.path, run.spec.describe(), run.tta), out_file,
+                                  file_format.value, check)
+    if as_json:
+        print_json({"checkpoint": str(run.path), **exported.to_dict(), "images_from": check.source})
+        return
+    out.print(literal(exported.verification.line()), soft_wrap=True)
+    out.print(f"Wrote [bold]{literal(out_file)}[/] ({exported.bytes:,} bytes, {file_format.value}, "
+              f"{literal(run.spec.describe())})", soft_wrap=True)

@@ -195,31 +195,33 @@ def warn_if_changed(spec: Any, ckpt: Checkpoint, changed: bool) -> None:
                   "(its source file's hash differs); going on with the file as it is now", soft_wrap=True)
 
 
-def _tail(data: bool, tta: bool) -> list[inspect.Parameter]:
+def _tail(data: bool, tta: bool, device: bool) -> list[inspect.Parameter]:
     """The options of CheckpointOptions, as the parameters Typer reads."""
     def option(name: str, kind: Any, default: Any) -> inspect.Parameter:
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
 
     return [*([option("tta", TTA, None)] if tta else []), option("model", ModelOption, None),
             *([option("data_dir", DataDir, None), option("download", Download, False)] if data else []),
-            option("device", Device, DeviceName.auto)]
+            *([option("device", Device, DeviceName.auto)] if device else [])]
 
 
-def runs_checkpoint(data: bool = True, tta: bool = True) -> Callable[[Callable], Callable]:
+def runs_checkpoint(data: bool = True, tta: bool = True, device: bool = True) -> Callable[[Callable], Callable]:
     """Give a command the checkpoint options (--tta, --model, --data-dir, --download, --device; the data and
-    TTA ones where it reads the dataset or predicts with TTA) before its --json, handed to it as `options`."""
+    TTA ones where it reads the dataset or predicts with TTA, --device where the user may choose: a command
+    without it runs on the CPU) before its --json, handed to it as `options`."""
     def decorate(command: Callable) -> Callable:
         own = list(inspect.signature(command, eval_str=True).parameters.values())
         at = next((i for i, p in enumerate(own) if p.name == "as_json"), len(own))
-        names = [p.name for p in _tail(data, tta)]
+        names = [p.name for p in _tail(data, tta, device)]
 
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            options = CheckpointOptions(**{name: kwargs.pop(name) for name in names})
+            fixed = {} if device else {"device": DeviceName.cpu}
+            options = CheckpointOptions(**fixed, **{name: kwargs.pop(name) for name in names})
             return command(*args, options=options, **kwargs)
 
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name != "options"]
-        wrapper.__signature__ = inspect.Signature(params[:at] + _tail(data, tta) + params[at:])  # type: ignore
+        wrapper.__signature__ = inspect.Signature(params[:at] + _tail(data, tta, device) + params[at:])  # type: ignore
         return wrapper
 
     return decorate

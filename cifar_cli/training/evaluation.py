@@ -69,7 +69,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def _logits(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+def logits_of(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """The network's logits for a normalised batch, in float32; with `tta`, averaged with its mirror image's
+    (the one way every prediction here, and the exported ONNX model, applies flip TTA)."""
     logits = model(x).float()
     if tta:  # the network trained on mirrored images too, so the mirror image is a second opinion
         logits = (logits + model(x.flip(3)).float()) / 2
@@ -105,7 +107,7 @@ def evaluate(model: nn.Module, split: Split | DeviceSplit, device: torch.device,
                 raise EvaluationStopped
             labels = labels.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
-                logits = _logits(model, to_device(images, device, mean, std), tta)
+                logits = logits_of(model, to_device(images, device, mean, std), tta)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             if len(ones) != len(labels):
                 ones = torch.ones(len(labels), dtype=torch.int64, device=device)
@@ -144,7 +146,7 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, mean: tu
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
         with autocast(device, amp_dtype):
-            logits = _logits(model, to_device(chunk, device, mean, std), tta)
+            logits = logits_of(model, to_device(chunk, device, mean, std), tta)
         parts.append(logits.softmax(1).cpu())
         if progress is not None:
             progress(start + len(chunk))
