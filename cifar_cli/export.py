@@ -127,10 +127,10 @@ class Normalised(nn.Module):
         return logits_of(self.network, images * self.scale - self.shift, self.tta)
 
 
-def check_target(path: Path, file_format: str, overwrite: bool) -> Path:
-    """The file to write, checked before any work: a name that says its format, not a link or folder, not
-    an existing file unless `overwrite`; ONNX needs the [export] extra."""
-    path = Path(path).expanduser()
+def check_target(path: Path | None, file_format: str, overwrite: bool) -> Path:
+    """The file to write (None: model.onnx, or model.pt), checked before any work: a name that says its
+    format, not a link or folder, not an existing file unless `overwrite`; ONNX needs the [export] extra."""
+    path = Path(path).expanduser() if path is not None else Path(f"model{SUFFIXES[file_format][0]}")
     if path.suffix.lower() not in SUFFIXES[file_format]:
         raise CifarError(f"--out {path} must end in {' or '.join(SUFFIXES[file_format])}: that is the format "
                          f"written (--format {file_format})")

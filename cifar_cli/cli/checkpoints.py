@@ -180,10 +180,11 @@ def convert(
 @fails_cleanly
 @runs_checkpoint(device=False)
 def export(
-    out_file: Annotated[Path, typer.Option(
-        "--out", "-o", dir_okay=False, show_default=False,
-        help="The file to write: model.onnx (--format onnx) or model.pt (--format state_dict).")],
     checkpoint: CheckpointArg = None,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", "-o", dir_okay=False, show_default=False,
+        help=helped("The file to write: .onnx, or .pt for --format state_dict.",
+                    "model.onnx; model.pt for --format state_dict"))] = None,
     file_format: Annotated[ExportFormat, typer.Option(
         "--format", help=helped("onnx: normalisation and TTA inside, RGB in 0..1 in, logits out, class names in "
                                 "its metadata (needs the [export] extra); state_dict: the network's weights under "
@@ -212,7 +213,9 @@ def export(
     with long_step("reading the images to check the export on", as_json=as_json):
         check = images_to_check(options.data_root, images, options.download)
     say(check.description)
-    with long_step(f"exporting to {file_format.value} and checking it", as_json=as_json):
+    step = ("exporting with torch.onnx, then checking it in onnxruntime" if file_format is ExportFormat.onnx
+            else "saving the state_dict, then checking it reloaded")
+    with long_step(step, as_json=as_json):
         exported = export_network(Source(run.network, run.ckpt, run.path, run.spec.describe(), run.tta), out_file,
                                   file_format.value, check)
     if as_json:
