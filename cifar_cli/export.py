@@ -35,7 +35,6 @@ from cifar_cli.training.evaluation import logits_of, to_device
 FORMATS = ("onnx", "state_dict")
 SUFFIXES = {"onnx": (".onnx",), "state_dict": (".pt", ".pth")}
 ONNX_LIMIT = 1e-4  # the largest |logit difference| between onnxruntime and torch that passes
-CHECK_IMAGES = 1000  # how many of the test set's first images the check runs by default
 CHECK_BATCH = 256  # images per batch of the check; the first image is also run alone, a batch of 1
 TRACE_BATCH = 2  # the example batch the exporter traces; torch.export would fix a batch of 1 as a constant
 EXPORTER = "torch.onnx.export(dynamo=True)"
