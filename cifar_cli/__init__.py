@@ -10,7 +10,7 @@ from typing import Any
 
 # The one place the version is written: pyproject.toml reads it from here (tool.setuptools.dynamic), so an
 # installed package and a source tree on PYTHONPATH report the same version. CHANGELOG.md says what changed.
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # What `from cifar_cli import ...` offers besides the version, and the module each name lives in.
 _LAZY = {**dict.fromkeys(("build", "train", "evaluate", "load", "predict", "TrainedRun", "Evaluation",
