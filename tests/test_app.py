@@ -186,10 +186,10 @@ def browser():
 def test_in_a_browser_an_upload_shows_the_class_predict_gives_and_its_gradcam(tiny_data, tmp_path):
     """The shipped checkpoint, served; a picture uploaded in headless Chromium. The screenshot is kept in the
     test's folder, and written to $CIFAR_APP_SCREENSHOT too when set (results/app.png: see docs/app.md)."""
+    driver = browser()  # or a skip saying what is missing
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = browser()
     port, picture = free_port(), EXAMPLES / "horse.png"
     data = REAL_DATA if REAL_DATA is not None and os.environ.get("CIFAR_APP_SCREENSHOT") else tiny_data
     argv = [sys.executable, "-m", "cifar_cli", "app", "--port", str(port), "--data-dir", str(data), "--device", "cpu"]
