@@ -40,17 +40,22 @@ def _kind(mode: int) -> str:
     return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
 
 
+def what_sits_at(path: Path, what: str = "") -> int | None:
+    """The mode of what sits at `path`, the link itself if it is one (never followed); None if nothing."""
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CifarError(f"cannot check {what + ' ' if what else ''}{path}: {e.strerror or e}") from None
+
+
 def refuse_unless_ours(path: Path, what: str = "") -> None:
     """Refuse `path` when something other than a regular file sits there (a link is not followed to see
     what it points at): cifar-cli writes its files in place of regular files only."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise CifarError(f"cannot check {what + ' ' if what else ''}{path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise CifarError(f"{what + ' ' if what else ''}{path} is {_kind(info.st_mode)}; cifar-cli writes no file "
+    mode = what_sits_at(path, what)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise CifarError(f"{what + ' ' if what else ''}{path} is {_kind(mode)}; cifar-cli writes no file "
                          "through a link, folder or device: remove it or choose another place")
 
 

@@ -10,13 +10,13 @@ epoch is written; `require` says up front when it is missing.
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 from typing import Any
 
 from cifar_cli.errors import CifarError
 from cifar_cli.extras import require
+from cifar_cli.files import what_sits_at
 from cifar_cli.records import EpochRecord, EvalResult
 from cifar_cli.settings import TrainSettings
 from cifar_cli.training.session import Silent
@@ -49,13 +49,10 @@ def check_folder(out_dir: Path, resuming: bool) -> None:
     a link), and, for a new run, one holding an earlier run's events, which would be shown as this run's."""
     require("tensorboard", "cifar train --tensorboard")
     folder = Path(out_dir) / FOLDER
-    try:
-        info = os.lstat(folder)
-    except FileNotFoundError:
+    mode = what_sits_at(folder)
+    if mode is None:
         return
-    except OSError as e:
-        raise CifarError(f"cannot check {folder}: {e.strerror or e}") from None
-    if not stat.S_ISDIR(info.st_mode):
+    if not stat.S_ISDIR(mode):
         raise CifarError(f"{folder} is not a folder (a link or a file); cifar-cli writes no file through a link: "
                          "remove it or choose another --out")
     if not resuming and any(p.name.startswith(_EVENTS) for p in folder.iterdir()):

@@ -157,6 +157,26 @@ class Net(nn.Module):
 """
 
 
+# A user's network whose factory notes each call in a file beside it: the public seam a user has.
+COUNTED = """
+from pathlib import Path
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+
+
+def Net():
+    with open(Path(__file__).with_suffix(".calls"), "a") as calls:
+        calls.write("built\\n")
+    return _Net()
+"""
+
+
 def write_network(path: Path, body: str) -> str:
     """Write a user's network file and return the --model spec that names it (`path:Net`)."""
     path.write_text(NETWORK_HEADER + body)

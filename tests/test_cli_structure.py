@@ -5,26 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import TRAIN_ARGS, cli, history_without_times, write_network
-
-# A user's network whose factory notes each call in a file beside it: the public seam a user has.
-COUNTED = """
-from pathlib import Path
-
-class _Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
-
-
-def Net():
-    with open(Path(__file__).with_suffix(".calls"), "a") as calls:
-        calls.write("built\\n")
-    return _Net()
-"""
+from conftest import COUNTED, TRAIN_ARGS, cli, history_without_times, write_network
 
 
 def _calls(network: str) -> int:

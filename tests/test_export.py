@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_NET, TRAIN_ARGS, assert_clean_error, cli, write_network
+from conftest import COUNTED, SMALL_NET, TRAIN_ARGS, assert_clean_error, cli, write_network
 from PIL import Image
 
 from cifar_cli import __version__
@@ -37,24 +37,6 @@ class Net(nn.Module):
     def forward(self, x):
         self.calls += 1
         return self.fc(F.relu(self.conv(x)).mean((2, 3))) + self.calls
-"""
-
-# A user's network whose factory notes each call in a file beside it (as tests/test_cli_structure.py's).
-COUNTED_BUILDS = """
-from pathlib import Path
-
-def Net():
-    with open(Path(__file__).with_suffix(".calls"), "a") as calls:
-        calls.write("built\\n")
-    return _Net()
-
-class _Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
-
-    def forward(self, x):
-        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
 """
 
 # A forward pass that branches on its own values: torch.export cannot trace it.
@@ -272,7 +254,7 @@ def test_without_the_export_extra_onnx_is_one_line_and_state_dict_still_works(
 def test_export_builds_a_users_network_once(small_run: tuple[Path, str], tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime", reason=NO_ORT)
     run, _ = small_run
-    network = write_network(tmp_path / "counted.py", COUNTED_BUILDS)
+    network = write_network(tmp_path / "counted.py", COUNTED)
     calls = tmp_path / "counted.calls"
     for file_format, out in (("onnx", "counted.onnx"), ("state_dict", "counted.pt")):
         calls.unlink(missing_ok=True)
