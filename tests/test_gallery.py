@@ -1,6 +1,7 @@
 """The rule check on networks written the way students write them.
 
-tests/gallery/ holds three galleries, each written by someone who had not read the check: course-style
+tests/gallery/ holds three galleries (students_a_*.py, students_b_*.py, students_c.py), each written by
+someone who had not read the check: course-style
 networks (convblocks, transitions, `view(-1, 10)` + `log_softmax`, the reference network) and functional or
 modern ones (F.conv2d on parameters, MobileNet stages, squeeze-excitation, ModuleDicts), both from the rules'
 meaning (docs/rules.md), and a hold-out set written from the issue's words alone and run against the check
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 from conftest import cli
@@ -31,13 +33,26 @@ GALLERY = Path(__file__).parent / "gallery"
 def _load(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"gallery_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))  # as `--model FILE.py:NAME` does: a file may import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 
-MODULES = {path: _load(path) for path in sorted(GALLERY.glob("students_*.py"))}
+FILES = {path: _load(path) for path in sorted(GALLERY.glob("students_*.py"))}
+
+
+def _gallery(letter: str) -> SimpleNamespace:
+    """One author's gallery, kept in one or more files (students_a_*.py): all its hand verdicts together."""
+    return SimpleNamespace(EXPECTED={name: e for path, module in FILES.items() if path.stem.split("_")[1] == letter
+                                     for name, e in module.EXPECTED.items()})
+
+
+MODULES = {letter: _gallery(letter) for letter in sorted({path.stem.split("_")[1] for path in FILES})}
 NETWORKS = [pytest.param(path, name, expected, id=name)
-            for path, module in MODULES.items() for name, expected in module.EXPECTED.items()]
+            for path, module in FILES.items() for name, expected in module.EXPECTED.items()]
 
 
 def test_the_galleries_are_the_size_the_issue_asks_for() -> None:
@@ -51,7 +66,7 @@ def test_the_galleries_are_the_size_the_issue_asks_for() -> None:
 
 @pytest.mark.parametrize(("path", "name", "expected"), NETWORKS)
 def test_verdicts_and_receptive_field_are_the_hand_written_ones(path: Path, name: str, expected: dict) -> None:
-    model = getattr(MODULES[path], name)()
+    model = getattr(FILES[path], name)()
     rules = check_rules(model)
     assert sorted(r.name for r in rules if not r.passed) == sorted(expected["fails"]), rules
     assert all(r.fix and "\n" not in r.fix for r in rules if not r.passed), "every failure says how to fix it"
@@ -74,7 +89,7 @@ def _gradient_measures_the_walk(model: nn.Module) -> bool:
 
 @pytest.mark.parametrize(("path", "name", "expected"), NETWORKS)
 def test_the_gradient_reaches_exactly_the_receptive_field(path: Path, name: str, expected: dict) -> None:
-    model = getattr(MODULES[path], name)()
+    model = getattr(FILES[path], name)()
     if not _gradient_measures_the_walk(model):
         pytest.skip("max-pooling, a squeeze-excitation gate or GroupNorm: the gradient measures something else")
     assert empirical_receptive_field(model) == expected["receptive_field"]
