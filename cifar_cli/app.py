@@ -55,9 +55,8 @@ class Classifier:
             return predict(self.network, pixels, self.device, self.mean, self.std, tta=self.tta,
                            amp_dtype=self.amp_dtype).numpy()
 
-    def top(self, pixels: np.ndarray, k: int) -> dict[str, float]:
-        """The k most likely classes of one picture (uint8 32 x 32 x 3) and their probabilities."""
-        probs = self.probabilities(pixels[None])[0]
+    def top(self, probs: np.ndarray, k: int) -> dict[str, float]:
+        """The k most likely classes of one picture, from its probabilities, with them."""
         return {self.classes[i]: float(probs[i]) for i in np.argsort(-probs, kind="stable")[:k]}
 
     def cam_layers(self) -> tuple[list[str], str]:
@@ -67,11 +66,10 @@ class Classifier:
                  if isinstance(module, nn.Conv2d) and name in shapes]
         return convs, default_cam_layer(self.network)
 
-    def overlay(self, pixels: np.ndarray, layer: str, opacity: float) -> np.ndarray:
-        """The Grad-CAM map of the predicted class from `layer`, laid over the picture, SHOWN_SIZE a side."""
+    def overlay(self, pixels: np.ndarray, layer: str, opacity: float, target: int) -> np.ndarray:
+        """The Grad-CAM map of class `target` from `layer`, laid over the picture, SHOWN_SIZE a side."""
         from PIL import Image
 
-        target = int(self.probabilities(pixels[None])[0].argmax())
         with self.lock:
             heat = gradcam(self.network, pixels[None], layer, [target], self.device, self.mean, self.std)[0]
         laid = (np.clip(cam_overlay(pixels, heat, opacity), 0, 1) * 255).round().astype(np.uint8)
@@ -148,7 +146,9 @@ def look(classifier: Classifier, picture: str | None, k: int | None = 3, layer: 
     k = max(1, min(int(k or 3), len(classifier.classes)))
     layer = layer or default_cam_layer(classifier.network)
     opacity = 0.5 if opacity is None else min(max(float(opacity), 0.0), 1.0)
-    return classifier.top(pixels, k), classifier.overlay(pixels, layer, opacity), " ".join(notes)
+    probs = classifier.probabilities(pixels[None])[0]  # once: the classes shown, and the class explained
+    overlay = classifier.overlay(pixels, layer, opacity, int(probs.argmax()))
+    return classifier.top(probs, k), overlay, " ".join(notes)
 
 
 def build_page(classifier: Classifier, text: PageText, gallery: Callable[[], Gallery]):  # -> gradio.Blocks

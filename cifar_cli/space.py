@@ -102,12 +102,10 @@ def write_space(folder: Path, path: Path, ckpt: Checkpoint, spec: ModelSpec, gal
                 requirement: str) -> Space:
     """Write the Space of the checkpoint at `path` (its network built as `spec`) into `folder`, new or empty,
     with the mistakes `gallery` finds (none, and why, when it raises CifarError: no test set at hand)."""
-    import gradio
-
     folder = folder.expanduser()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise CifarError(f"{folder} exists and is not an empty folder; choose a new one for the Space")
-    network_file, model = _network_source(path, ckpt, spec)
+    network_file, source, model = _network_source(path, ckpt, spec)
     try:
         found, no_mistakes = gallery(), None
     except CifarError as e:
@@ -115,9 +113,9 @@ def write_space(folder: Path, path: Path, ckpt: Checkpoint, spec: ModelSpec, gal
     folder.mkdir(parents=True, exist_ok=True)
     files = {"app.py": APP.format(weights=WEIGHTS, model=model, gallery=GALLERY).encode(),
              "requirements.txt": f"{requirement}\n".encode(),
-             "README.md": _readme(ckpt, gradio.__version__, network_file).encode()}
+             "README.md": _readme(ckpt, metadata.version("gradio"), network_file).encode()}
     if network_file is not None:
-        files[network_file.name] = network_file.read_bytes()
+        files[network_file.name] = source
     if found is not None:
         files[GALLERY] = gallery_bytes(found)
     for name, data in files.items():
@@ -127,20 +125,22 @@ def write_space(folder: Path, path: Path, ckpt: Checkpoint, spec: ModelSpec, gal
                  0 if found is None else len(found.captions), no_mistakes)
 
 
-def _network_source(path: Path, ckpt: Checkpoint, spec: ModelSpec) -> tuple[Path | None, str]:
-    """A user network's source file, checked to be the one the checkpoint's hash names, and the expression
-    app.py passes as the network (its copy beside app.py); (None, "None") for a preset."""
+def _network_source(path: Path, ckpt: Checkpoint, spec: ModelSpec) -> tuple[Path | None, bytes, str]:
+    """A user network's source file and its bytes, read once and checked to be the ones the checkpoint's hash
+    names, and the expression app.py passes as the network (its copy beside app.py); (None, b"", "None") for
+    a preset."""
     if ckpt.model.is_preset:
-        return None, "None"
+        return None, b"", "None"
     source = source_file(spec.name)
     if source is None:
         raise CifarError(f"{spec.name} is imported from a package, which a Space cannot carry: put the network "
                          "in one file and pass --model FILE.py:NAME")
-    if hashlib.sha256(source.read_bytes()).hexdigest() != ckpt.model.source_sha256:
+    text = source.read_bytes()
+    if hashlib.sha256(text).hexdigest() != ckpt.model.source_sha256:
         raise CifarError(f"{source} has changed since {path} was written (its hash differs from the "
                          "checkpoint's): the Space must carry the source that trained these weights")
     name = spec.name.rpartition(":")[2]  # the copy beside app.py, wherever the Space runs it from
-    return source, f'f"{{HERE / {source.name!r}}}:{name}"'
+    return source, text, f'f"{{HERE / {source.name!r}}}:{name}"'
 
 
 def _readme(ckpt: Checkpoint, gradio_version: str, network_file: Path | None) -> str:
